@@ -1,0 +1,20 @@
+"""anger-stream: real-time anger detection in speech."""
+
+from .detector import AngerDetector, DetectorConfig
+from .events import AngerEnd, AngerStart, Event, Status, Window
+from .model import AngerModel, ModelError
+from .streams import StreamSet
+
+__all__ = [
+    "AngerDetector",
+    "AngerEnd",
+    "AngerModel",
+    "AngerStart",
+    "DetectorConfig",
+    "Event",
+    "ModelError",
+    "Status",
+    "StreamSet",
+    "Window",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,116 @@
+"""Sample-level audio helpers: the one normalisation, levels, windows, mixdown, resampling, G.711.
+
+Everything here is pure numpy/scipy: training (tools/) and the runtime import the same definitions.
+
+Normalisation (the paper, section 3): a window is scaled so that its RMS level is -20 dBFS, with full scale
+being 1.0, and is then multiplied by 256, SoundNet's input scale (float audio in [-1, 1] times 256). We do
+*not* rescale each window's peak to 256: that would undo the -20 dBFS step (every window would then be
+scaled by its crest factor instead of its loudness). So the model sees windows with RMS 25.6 and peaks that
+vary with the signal's crest factor, exactly what "full scale = 256" means.
+"""
+
+from __future__ import annotations
+
+from math import gcd
+
+import numpy as np
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 16_000
+WINDOW_S = 1.2
+HOP_S = 0.6
+MIN_AUDIO_S = 1.0
+TARGET_DBFS = -20.0
+FULL_SCALE = 256.0
+SILENCE_DBFS = -120.0
+"""Level reported for digital silence (a finite floor: JSON has no -inf)."""
+MIN_DBFS = -50.0
+"""Default silence gate: windows quieter than this are not scored."""
+
+
+def dbfs(x: np.ndarray) -> np.ndarray | float:
+    """RMS level in dBFS (full scale 1.0) along the last axis, floored at SILENCE_DBFS."""
+    x = np.asarray(x, dtype=np.float64)
+    ms = np.mean(np.square(x), axis=-1) if x.shape[-1] else np.zeros(x.shape[:-1])
+    level = 10.0 * np.log10(np.maximum(ms, 10.0 ** (SILENCE_DBFS / 10.0)))
+    return float(level) if np.ndim(level) == 0 else level
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Scale windows (last axis) to -20 dBFS RMS, then to SoundNet's range (full scale 256).
+
+    Digital silence stays silent (zeros), never NaN. Returns float32.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    rms = np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True))
+    target = 10.0 ** (TARGET_DBFS / 20.0) * FULL_SCALE
+    gain = np.divide(target, rms, out=np.zeros_like(rms), where=rms > 1e-10)
+    return (x * gain).astype(np.float32)
+
+
+def window_bounds(n_samples: int, window: int, hop: int, min_audio: int) -> list[tuple[int, int]]:
+    """(start, end) of the windows over n_samples: start every hop, each with >= min_audio real samples.
+
+    The last window may be shorter than `window`; it is zero-padded when prepared.
+    """
+    return [(s, min(s + window, n_samples)) for s in range(0, max(n_samples - min_audio + 1, 0), hop)]
+
+
+def prepare_window(segment: np.ndarray, window: int) -> np.ndarray:
+    """Zero-pad a segment to `window` samples and normalise it: the model's exact input."""
+    segment = np.asarray(segment, dtype=np.float32)
+    if segment.shape[-1] < window:
+        pad = [(0, 0)] * (segment.ndim - 1) + [(0, window - segment.shape[-1])]
+        segment = np.pad(segment, pad)
+    return normalise(segment)
+
+
+def to_float(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM or float samples -> float32 in [-1, 1] full scale."""
+    samples = np.asarray(samples)
+    if samples.dtype.kind in "iu":
+        info = np.iinfo(samples.dtype)
+        scale = float(-info.min) if info.min < 0 else (info.max + 1) / 2
+        offset = 0.0 if info.min < 0 else scale
+        return ((samples.astype(np.float32) - offset) / scale).astype(np.float32)
+    return samples.astype(np.float32, copy=False)
+
+
+def mixdown(samples: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> mono (frames,), by averaging channels."""
+    samples = np.asarray(samples)
+    return samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int = SAMPLE_RATE) -> np.ndarray:
+    """Polyphase resampling with exact integer ratios (scipy.signal.resample_poly)."""
+    if rate_in == rate_out:
+        return np.asarray(x, dtype=np.float32)
+    g = gcd(int(rate_in), int(rate_out))
+    return resample_poly(x, rate_out // g, rate_in // g).astype(np.float32)
+
+
+def _mulaw_table() -> np.ndarray:
+    """ITU-T G.711 mu-law: byte -> linear sample (16-bit scale)."""
+    u = ~np.arange(256, dtype=np.uint8)
+    t = (((u & 0x0F).astype(np.int32) << 3) + 0x84) << ((u >> 4) & 0x07).astype(np.int32)
+    return np.where(u & 0x80, 0x84 - t, t - 0x84).astype(np.int16)
+
+
+def _alaw_table() -> np.ndarray:
+    """ITU-T G.711 A-law: byte -> linear sample (16-bit scale)."""
+    a = np.arange(256, dtype=np.uint8) ^ 0x55
+    seg = ((a & 0x70) >> 4).astype(np.int32)
+    t = (a & 0x0F).astype(np.int32) << 4
+    t = np.where(seg == 0, t + 8, np.where(seg == 1, t + 0x108, (t + 0x108) << np.maximum(seg - 1, 0)))
+    return np.where(a & 0x80, t, -t).astype(np.int16)
+
+
+MULAW = _mulaw_table()
+ALAW = _alaw_table()
+
+
+def decode_g711(data: bytes, law: str) -> np.ndarray:
+    """Decode G.711 bytes ('mulaw' or 'alaw') to float32 in [-1, 1]."""
+    table = {"mulaw": MULAW, "alaw": ALAW}[law]
+    return table[np.frombuffer(data, dtype=np.uint8)].astype(np.float32) / 32768.0

@@ -1,0 +1,255 @@
+"""The sans-I/O core: samples in, windows and anger events out.
+
+A `Stream` holds one audio stream's state: resampler, window buffer and event state. It never calls the
+model; `score_windows` does, for the due windows of any number of streams in one batch. `AngerDetector`
+is one stream plus a model; `streams.StreamSet` is many streams sharing one model. Both run exactly this
+code, so they give identical results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import audio
+from .events import AngerEnd, AngerStart, Event, Window
+from .model import AngerModel
+from .resampler import StreamingResampler
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Parameters in human units; converted to samples once."""
+
+    threshold: float = 0.6
+    window_s: float = audio.WINDOW_S
+    hop_s: float = audio.HOP_S
+    min_audio_s: float = audio.MIN_AUDIO_S
+    min_dbfs: float = audio.MIN_DBFS
+    patience: int = 1
+    hysteresis: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("threshold must be between 0 and 1")
+        if not 0.0 < self.hop_s <= self.window_s:
+            raise ValueError("hop must be positive and at most the window")
+        if not 0.0 < self.min_audio_s <= self.window_s:
+            raise ValueError("min_audio must be positive and at most the window")
+        if self.patience < 1 or self.hysteresis < 0:
+            raise ValueError("patience must be >= 1 and hysteresis >= 0")
+
+    @property
+    def window(self) -> int:
+        return round(self.window_s * audio.SAMPLE_RATE)
+
+    @property
+    def hop(self) -> int:
+        return round(self.hop_s * audio.SAMPLE_RATE)
+
+    @property
+    def min_audio(self) -> int:
+        return round(self.min_audio_s * audio.SAMPLE_RATE)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A window's audio as cut from the stream (shorter than the window at the end of a stream)."""
+
+    start: int
+    audio: np.ndarray
+
+
+class Windower:
+    """A ring buffer that cuts a window every hop: any chunk size in, the same windows out."""
+
+    def __init__(self, window: int, hop: int, min_audio: int) -> None:
+        self.window, self.hop, self.min_audio = window, hop, min_audio
+        self._buf = np.zeros(window + max(hop, 4096), dtype=np.float32)
+        self._len = 0  # samples held, the first at absolute index self._base
+        self._base = 0
+        self._next = 0  # absolute start of the next window
+        self.samples = 0  # samples received so far
+
+    def push(self, x: np.ndarray) -> list[Segment]:
+        """Append samples; return the windows that became complete."""
+        out: list[Segment] = []
+        while len(x):
+            n = min(len(x), len(self._buf) - self._len)
+            self._buf[self._len : self._len + n] = x[:n]
+            self._len += n
+            self.samples += n
+            x = x[n:]
+            while self._next + self.window <= self._base + self._len:
+                offset = self._next - self._base
+                out.append(Segment(self._next, self._buf[offset : offset + self.window].copy()))
+                self._next += self.hop
+            drop = self._next - self._base
+            if drop:
+                self._buf[: self._len - drop] = self._buf[drop : self._len]
+                self._len -= drop
+                self._base = self._next
+        return out
+
+    def finish(self) -> list[Segment]:
+        """The last, partial windows that still hold at least min_audio samples."""
+        out = []
+        while self.samples - self._next >= self.min_audio:
+            offset = self._next - self._base
+            out.append(Segment(self._next, self._buf[offset : self._len].copy()))
+            self._next += self.hop
+        return out
+
+
+class EventTracker:
+    """Turns window probabilities into anger_start / anger_end with patience and hysteresis."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+        self.active = False
+        self._run = 0  # consecutive windows at or above the threshold
+        self._start_t = 0.0
+        self._p_max = 0.0
+
+    def update(self, window: Window) -> list[Event]:
+        c = self.config
+        if self.active:
+            if window.p is None or window.p < c.threshold - c.hysteresis:
+                return [self.close(window.t_end)]
+            self._p_max = max(self._p_max, window.p)
+            return []
+        self._run = self._run + 1 if window.angry else 0
+        if self._run >= c.patience:
+            self.active, self._start_t, self._p_max = True, window.t_end, window.p or 0.0
+            return [AngerStart(window.t_end, window.p or 0.0)]
+        return []
+
+    def close(self, t: float) -> AngerEnd:
+        """End the open segment at time t."""
+        self.active, self._run = False, 0
+        return AngerEnd(t, t - self._start_t, self._p_max)
+
+
+class Stream:
+    """One audio stream's state, without the model: resample -> windows due -> (scores) -> events."""
+
+    def __init__(self, config: DetectorConfig, sample_rate: int = audio.SAMPLE_RATE) -> None:
+        self.config = config
+        self.sample_rate = sample_rate
+        self._resampler = (
+            StreamingResampler(sample_rate, audio.SAMPLE_RATE) if sample_rate != audio.SAMPLE_RATE else None
+        )
+        self.windower = Windower(config.window, config.hop, config.min_audio)
+        self.tracker = EventTracker(config)
+        self.pending: list[Segment] = []
+        self.ended = False
+
+    @property
+    def t(self) -> float:
+        """Stream time in seconds (16 kHz samples received)."""
+        return self.windower.samples / audio.SAMPLE_RATE
+
+    def push(self, samples: np.ndarray) -> None:
+        """Queue float samples in [-1, 1] at the stream's rate (non-finite values count as silence)."""
+        x = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
+        if self._resampler is not None:
+            x = self._resampler.process(x)
+        self.pending += self.windower.push(x)
+
+    def finish(self) -> None:
+        """Mark the end of the stream: the last partial windows become due."""
+        if self._resampler is not None:
+            self.pending += self.windower.push(self._resampler.flush())
+        self.pending += self.windower.finish()
+        self.ended = True
+
+    def take(self) -> list[Segment]:
+        segments, self.pending = self.pending, []
+        return segments
+
+    def events(self, segments: list[Segment], probs: np.ndarray, levels: np.ndarray) -> list[Event]:
+        """Windows and anger events for scored segments; closes an open segment at the end of the stream."""
+        events: list[Event] = []
+        for seg, p, level in zip(segments, probs, levels, strict=True):
+            t_start = seg.start / audio.SAMPLE_RATE
+            t_end = (seg.start + len(seg.audio)) / audio.SAMPLE_RATE
+            p_val = None if np.isnan(p) else float(p)
+            angry = p_val is not None and p_val >= self.config.threshold
+            window = Window(t_start, t_end, p_val, angry, float(level))
+            events.append(window)
+            events += self.tracker.update(window)
+        if self.ended and self.tracker.active:
+            events.append(self.tracker.close(self.t))
+        return events
+
+
+def score_windows(model: AngerModel, segments: list[Segment], config: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(p, dBFS) per segment, in one batched model call; p is NaN for windows below the silence gate."""
+    levels = np.array([audio.dbfs(s.audio) for s in segments], dtype=np.float64)
+    probs = np.full(len(segments), np.nan, dtype=np.float64)
+    loud = np.flatnonzero(levels >= config.min_dbfs)
+    if len(loud):
+        batch = np.stack([audio.prepare_window(segments[i].audio, config.window) for i in loud])
+        probs[loud] = model.predict(batch)
+    return probs, levels
+
+
+class AngerDetector:
+    """Streaming anger detection for one audio stream.
+
+    >>> detector = AngerDetector(threshold=0.6)
+    >>> for event in detector.feed(chunk, sample_rate=16000): ...
+    >>> detector.flush()  # at the end of the stream
+    """
+
+    def __init__(
+        self,
+        model: AngerModel | str | Path | None = None,
+        threshold: float = 0.6,
+        *,
+        sample_rate: int = audio.SAMPLE_RATE,
+        **config: float,
+    ) -> None:
+        self.model = model if isinstance(model, AngerModel) else AngerModel(model)
+        self.config = DetectorConfig(threshold=threshold, **config)
+        self.sample_rate = sample_rate
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: the next sample is at t = 0."""
+        self.stream = Stream(self.config, self.sample_rate)
+
+    def _run(self) -> list[Event]:
+        segments = self.stream.take()
+        return self.stream.events(segments, *score_windows(self.model, segments, self.config))
+
+    def feed(self, samples: np.ndarray, sample_rate: int | None = None) -> list[Event]:
+        """Add samples (float in [-1, 1] or integer PCM, mono); return the events they complete."""
+        if sample_rate is not None and sample_rate != self.stream.sample_rate:
+            if self.stream.windower.samples:
+                raise ValueError("the sample rate cannot change within a stream; call reset() first")
+            self.stream = Stream(self.config, sample_rate)
+        self.stream.push(audio.to_float(samples))
+        return self._run()
+
+    def flush(self) -> list[Event]:
+        """End the stream: score the last partial windows, close an open anger segment, start afresh."""
+        self.stream.finish()
+        events = self._run()
+        self.reset()
+        return events
+
+    def score(self, samples: np.ndarray, sample_rate: int = audio.SAMPLE_RATE) -> np.ndarray:
+        """Offline: p(anger) for every window of a whole signal (NaN where silent), in batches."""
+        x = audio.to_float(samples)
+        x = np.nan_to_num(audio.mixdown(x), nan=0.0, posinf=0.0, neginf=0.0)
+        x = audio.resample(x, sample_rate)
+        c = self.config
+        bounds = audio.window_bounds(len(x), c.window, c.hop, c.min_audio)
+        probs = [np.zeros(0)]
+        for i in range(0, len(bounds), 64):
+            segments = [Segment(s, x[s:e]) for s, e in bounds[i : i + 64]]
+            probs.append(score_windows(self.model, segments, c)[0])
+        return np.concatenate(probs)

@@ -1,0 +1,83 @@
+"""The events the detector emits and their one JSON form (the schema documented in README.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Window:
+    """One scored (or silence-gated) window. `p` is None when the window was silent."""
+
+    t_start: float
+    t_end: float
+    p: float | None
+    angry: bool
+    dbfs: float
+
+    @property
+    def silent(self) -> bool:
+        return self.p is None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "type": "window",
+            "t_start": round(self.t_start, 3),
+            "t_end": round(self.t_end, 3),
+            "p": None if self.p is None else round(self.p, 4),
+            "angry": self.angry,
+            "dbfs": round(self.dbfs, 1),
+        }
+        if self.silent:
+            d["silent"] = True
+        return d
+
+
+@dataclass(frozen=True)
+class AngerStart:
+    """Anger confirmed at stream time t by a window with probability p."""
+
+    t: float
+    p: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "anger_start", "t": round(self.t, 3), "p": round(self.p, 4)}
+
+
+@dataclass(frozen=True)
+class AngerEnd:
+    """An anger segment closed at stream time t; duration since its start, highest p inside it."""
+
+    t: float
+    duration: float
+    p_max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "anger_end",
+            "t": round(self.t, 3),
+            "duration": round(self.duration, 3),
+            "p_max": round(self.p_max, 4),
+        }
+
+
+@dataclass(frozen=True)
+class Status:
+    """Something about the stream rather than the speaker: start, overflow, device change, end."""
+
+    state: str
+    t: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "status", "state": self.state, "t": round(self.t, 3), **self.info}
+
+
+Event = Window | AngerStart | AngerEnd | Status
+
+
+def to_json(event: Event, **extra: Any) -> str:
+    """One JSON line (without newline); `extra` fields (e.g. a call id) come first."""
+    return json.dumps({**extra, **event.to_dict()}, separators=(",", ":"), allow_nan=False)

@@ -1,0 +1,45 @@
+"""Raw headerless audio from a byte stream (stdin): s16le, f32le, G.711 mu-law or A-law."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import numpy as np
+
+from ..audio import decode_g711
+from .errors import InputError
+
+FORMATS = {"s16le": 2, "f32le": 4, "mulaw": 1, "alaw": 1}
+"""Raw formats and their bytes per sample."""
+
+
+def decode_raw(data: bytes, fmt: str) -> np.ndarray:
+    """Bytes of whole samples -> float32 in [-1, 1]; non-finite f32le samples are an input error."""
+    if fmt == "s16le":
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    if fmt == "f32le":
+        x = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            raise InputError("f32le input contains NaN or infinite samples (is --format right?)")
+        return x
+    return decode_g711(data, fmt)
+
+
+def read_raw(stream: BinaryIO, fmt: str, chunk_samples: int = 1600) -> Iterator[np.ndarray]:
+    """Decode a raw byte stream chunk by chunk as bytes arrive; a trailing partial sample is an error."""
+    width = FORMATS[fmt]
+    leftover = b""
+    total = 0
+    read = getattr(stream, "read1", stream.read)
+    while data := read(chunk_samples * width):
+        data = leftover + data
+        whole = len(data) - len(data) % width
+        leftover = data[whole:]
+        total += whole
+        if whole:
+            yield decode_raw(data[:whole], fmt)
+    if leftover:
+        raise InputError(f"input ends with a partial {fmt} sample ({total + len(leftover)} bytes)")
+    if total == 0:
+        raise InputError("no audio on standard input (zero bytes)")
