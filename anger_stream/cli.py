@@ -248,3 +248,6 @@ def main() -> None:
     except Exception as exc:  # the last line of defence: never a traceback for the user
         print(f"anger-stream: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)
+
+
+# Subcommands live in their own modules (heavy imports inside their bodies) and are registered here.
