@@ -6,7 +6,8 @@ Normalisation (the paper, section 3): a window is scaled so that its RMS level i
 being 1.0, and is then multiplied by 256, SoundNet's input scale (float audio in [-1, 1] times 256). We do
 *not* rescale each window's peak to 256: that would undo the -20 dBFS step (every window would then be
 scaled by its crest factor instead of its loudness). So the model sees windows with RMS 25.6 and peaks that
-vary with the signal's crest factor, exactly what "full scale = 256" means.
+vary with the signal's crest factor, exactly what "full scale = 256" means. A window's DC offset (a
+microphone's bias) is removed first: it is not sound, and would otherwise count towards the level.
 """
 
 from __future__ import annotations
@@ -29,20 +30,21 @@ MIN_DBFS = -50.0
 
 
 def dbfs(x: np.ndarray) -> np.ndarray | float:
-    """RMS level in dBFS (full scale 1.0) along the last axis, floored at SILENCE_DBFS."""
+    """RMS level in dBFS (full scale 1.0) along the last axis, DC removed, floored at SILENCE_DBFS."""
     x = np.asarray(x, dtype=np.float64)
-    ms = np.mean(np.square(x), axis=-1) if x.shape[-1] else np.zeros(x.shape[:-1])
+    ms = np.var(x, axis=-1) if x.shape[-1] else np.zeros(x.shape[:-1])
     level = 10.0 * np.log10(np.maximum(ms, 10.0 ** (SILENCE_DBFS / 10.0)))
     return float(level) if np.ndim(level) == 0 else level
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
-    """Scale windows (last axis) to -20 dBFS RMS, then to SoundNet's range (full scale 256).
+    """Remove DC, scale windows (last axis) to -20 dBFS RMS, then to SoundNet's range (full scale 256).
 
     Digital silence stays silent (zeros), never NaN. Returns float32.
     """
-    x = np.asarray(x, dtype=np.float32)
-    rms = np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True))
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(axis=-1, keepdims=True)
+    rms = np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True))
     target = 10.0 ** (TARGET_DBFS / 20.0) * FULL_SCALE
     gain = np.divide(target, rms, out=np.zeros_like(rms), where=rms > 1e-10)
     return (x * gain).astype(np.float32)
