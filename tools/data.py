@@ -1,0 +1,159 @@
+"""Training data: decoded clips, speech-only crop positions, augmentation, balanced batches, eval windows.
+
+Shortcuts in the corpora (RAVDESS loudness and leading/trailing digital zeros, ASED emotion-dependent zero
+padding) are kept out of the crops: a crop start is valid only if the crop passes the runtime silence gate
+(`audio.dbfs >= audio.MIN_DBFS`) and at least `MIN_ACTIVE` of its 10 ms frames are active (not digital zero
+and within `ACTIVE_DB` of the clip's loudest frame). Every crop is normalised with `audio.prepare_window`,
+the runtime's own definition, so level carries no information.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+import torch
+
+from anger_stream import audio
+from tools.manifest import Clip, load_manifest
+
+SR = audio.SAMPLE_RATE
+WINDOW = round(audio.WINDOW_S * SR)
+HOP = round(audio.HOP_S * SR)
+MIN_AUDIO = round(audio.MIN_AUDIO_S * SR)
+FRAME = SR // 100
+ACTIVE_DB = 40.0
+MIN_ACTIVE = 0.6
+MARGIN = 1024
+"""Extra samples on each side of an augmented crop (phase-vocoder edge effects are cut away)."""
+
+
+@dataclass
+class Track:
+    """A decoded clip (float32, 16 kHz), its label and the valid crop starts (samples)."""
+
+    clip: Clip
+    samples: np.ndarray
+    starts: np.ndarray
+
+
+def decode(path: str | Path) -> np.ndarray:
+    """A mono 16 kHz file as float32 in [-1, 1]."""
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    if sr != SR:
+        raise ValueError(f"{path}: {sr} Hz, expected {SR}")
+    return audio.mixdown(x)
+
+
+def crop_starts(x: np.ndarray, step: int = FRAME) -> np.ndarray:
+    """Starts (every `step` samples) of WINDOW crops with >= MIN_AUDIO samples that are mostly speech."""
+    n_frames = len(x) // FRAME
+    frames = x[: n_frames * FRAME].reshape(n_frames, FRAME)
+    level = np.asarray(audio.dbfs(frames))
+    active = (level >= level.max() - ACTIVE_DB) & np.any(frames != 0, axis=1)
+    csum = np.concatenate([[0], np.cumsum(active)])
+    starts = np.arange(0, max(len(x) - MIN_AUDIO + 1, 0), step)
+    first = starts // FRAME
+    last = np.minimum((starts + WINDOW) // FRAME, n_frames)
+    share = (csum[last] - csum[first]) / (WINDOW // FRAME)
+    ok = share >= MIN_ACTIVE
+    ok[ok] = [audio.dbfs(x[s : s + WINDOW]) >= audio.MIN_DBFS for s in starts[ok]]
+    return starts[ok]
+
+
+def load_tracks(manifests: Sequence[str | Path], split: str) -> list[Track]:
+    """Decoded clips of one split of several manifests; clips without a valid crop are dropped."""
+    tracks = []
+    for manifest in manifests:
+        for clip in load_manifest(manifest, split):
+            x = decode(clip.path)
+            tracks.append(Track(clip, x, crop_starts(x)))
+    return [t for t in tracks if len(t.starts)]
+
+
+def crop(x: np.ndarray, start: int, length: int = WINDOW) -> np.ndarray:
+    """x[start:start+length], zero-padded on either side where it runs past the clip."""
+    out = np.zeros(length, dtype=np.float32)
+    lo, hi = max(start, 0), min(start + length, len(x))
+    if hi > lo:
+        out[lo - start : hi - start] = x[lo:hi]
+    return out
+
+
+def augment(x: np.ndarray, start: int, rng: np.random.Generator) -> np.ndarray:
+    """A WINDOW crop at `start`, time-stretched U[0.9, 1.1], pitch-shifted U[-5, 5] quarter-tones, plus
+    Gaussian noise with sigma U[0, 0.005 * peak].
+
+    Stretch and shift are one librosa phase-vocoder stretch followed by one soxr resampling (what
+    `librosa.effects.pitch_shift` does internally), on a slightly longer segment that is cut afterwards.
+    """
+    stretch = rng.uniform(0.9, 1.1)
+    semitones = rng.uniform(-5, 5) / 2
+    shift = 2.0 ** (-semitones / 12)
+    need = int(np.ceil(WINDOW * stretch)) + 2 * MARGIN
+    seg = crop(x, start - MARGIN, need)
+    y = librosa.effects.time_stretch(seg, rate=stretch * shift)
+    y = librosa.resample(y, orig_sr=SR / shift, target_sr=SR, res_type="soxr_hq")
+    offset = max((len(y) - WINDOW) // 2, 0)
+    y = crop(y, offset)
+    y += rng.normal(0.0, rng.uniform(0, 0.005 * np.abs(y).max()), WINDOW).astype(np.float32)
+    return y
+
+
+def example(track: Track, rng: np.random.Generator, train: bool) -> np.ndarray:
+    """One prepared (normalised) training example from a random valid crop of the track."""
+    start = int(rng.choice(track.starts))
+    x = augment(track.samples, start, rng) if train else crop(track.samples, start)
+    return audio.prepare_window(x, WINDOW)
+
+
+class BalancedBatches(torch.utils.data.IterableDataset):
+    """Endless minibatches of `half` non-angry + `half` angry examples.
+
+    Each angry/non-angry pair comes from one corpus drawn uniformly, so corpus identity (recording
+    conditions, language) says nothing about the label; clips are drawn uniformly within corpus and class.
+    """
+
+    def __init__(self, tracks: list[Track], seed: int, half: int = 5, augment: bool = True) -> None:
+        super().__init__()
+        self.tracks = tracks
+        corpora = sorted({t.clip.corpus for t in tracks})
+        self.groups = [
+            [
+                np.array([i for i, t in enumerate(tracks) if t.clip.corpus == c and t.clip.anger == a])
+                for a in (0, 1)
+            ]
+            for c in corpora
+        ]
+        self.seed = seed
+        self.half = half
+        self.augment = augment
+
+    def indices(self, rng: np.random.Generator) -> np.ndarray:
+        """Track indices of one batch: `half` non-angry, then their `half` angry partners."""
+        pairs = [
+            [rng.choice(ids) for ids in self.groups[rng.integers(len(self.groups))]] for _ in range(self.half)
+        ]
+        return np.array(pairs).T.reshape(-1)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            idx = self.indices(rng)
+            x = np.stack([example(self.tracks[i], rng, self.augment) for i in idx])
+            y = np.array([self.tracks[i].clip.anger for i in idx])
+            yield torch.from_numpy(x), torch.from_numpy(y)
+
+
+def windows(x: np.ndarray) -> np.ndarray:
+    """Run-time windows of a clip that pass the silence gate, prepared: [n, WINDOW] float32."""
+    kept = [x[s:e] for s, e in audio.window_bounds(len(x), WINDOW, HOP, MIN_AUDIO)]
+    kept = [w for w in kept if audio.dbfs(w) >= audio.MIN_DBFS]
+    if not kept:
+        return np.zeros((0, WINDOW), dtype=np.float32)
+    return np.stack([audio.prepare_window(w, WINDOW) for w in kept])
