@@ -43,6 +43,8 @@ def normalise(x: np.ndarray) -> np.ndarray:
     Digital silence stays silent (zeros), never NaN. Returns float32.
     """
     x = np.asarray(x, dtype=np.float64)
+    if x.shape[-1] == 0:
+        return x.astype(np.float32)
     x = x - x.mean(axis=-1, keepdims=True)
     rms = np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True))
     target = 10.0 ** (TARGET_DBFS / 20.0) * FULL_SCALE

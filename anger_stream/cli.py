@@ -63,6 +63,13 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Stop
 
 
+def mute_native_stderr() -> None:
+    """Send what C libraries (PortAudio, ALSA) print to fd 2 to /dev/null; Python's stderr keeps the terminal."""
+    sys.stderr.flush()
+    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+
+
 def paced(chunks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
     """Yield chunks no faster than real time."""
     start, done = time.monotonic(), 0
@@ -114,6 +121,7 @@ def run_stream(
 def _print_devices(as_json: bool) -> None:
     from .sources.microphone import list_input_devices
 
+    mute_native_stderr()
     devices = list_input_devices()
     if as_json:
         for d in devices:
@@ -208,6 +216,7 @@ def _detect(
         if input is None:
             from .sources.microphone import Microphone
 
+            mute_native_stderr()
             mic = stack.enter_context(Microphone(device))
             chunks, rate, overflows = iter(mic), mic.sample_rate, lambda: mic.overflows
             info: dict[str, Any] = {"source": "microphone", "device": mic.name}
@@ -251,3 +260,11 @@ def main() -> None:
 
 
 # Subcommands live in their own modules (heavy imports inside their bodies) and are registered here.
+from .batch import batch  # noqa: E402
+from .report import report  # noqa: E402
+
+app.command()(batch)
+app.command()(report)
+from .serve.command import serve  # noqa: E402
+
+app.command()(serve)

@@ -1,0 +1,323 @@
+"""`anger-stream batch`: score an archive of recordings on a Dask cluster, one JSON line per recording.
+
+Workers read the files themselves (the client submits paths), load the model once per process and return
+one record per recording; the client writes each record as soon as it arrives. dask and distributed are
+imported inside functions so that the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import typer
+
+from . import audio
+from .detector import AngerDetector, DetectorConfig, EventTracker
+from .events import AngerEnd, AngerStart, Window
+from .model import AngerModel, ModelError
+from .sources import InputError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64"}
+    | {".rf64", ".snd", ".sph", ".nist", ".voc"}
+)
+"""What a folder walk picks up (files named explicitly or by a glob are taken whatever their name)."""
+EXIT_INTERRUPTED = 130
+DEFAULT_WORKERS = 2
+
+_MODELS: dict[str | None, AngerModel] = {}
+"""Per process (so per Dask worker): the models loaded so far, by path (None: the packaged model)."""
+
+
+# --- one recording ------------------------------------------------------------------------------------
+
+
+def summarise(probs: np.ndarray, n_samples: int, config: DetectorConfig) -> dict[str, Any]:
+    """Window scores, peak, share angry and anger segments of a 16 kHz signal of n_samples.
+
+    The segments come from the live detector's EventTracker run over the same windows, closed at the end of
+    the recording as `Stream.events` closes them.
+    """
+    bounds = audio.window_bounds(n_samples, config.window, config.hop, config.min_audio)
+    tracker, segments, start = EventTracker(config), [], 0.0
+    for (s, e), p in zip(bounds, probs, strict=True):
+        p_val = None if np.isnan(p) else float(p)
+        angry = p_val is not None and p_val >= config.threshold
+        # the tracker never reads the level: NaN rather than a second pass over the audio
+        for event in tracker.update(Window(s / audio.SAMPLE_RATE, e / audio.SAMPLE_RATE, p_val, angry, np.nan)):
+            if isinstance(event, AngerStart):
+                start = event.t
+            elif isinstance(event, AngerEnd):
+                segments.append([round(start, 3), round(event.t, 3)])
+    if tracker.active:
+        segments.append([round(start, 3), round(tracker.close(n_samples / audio.SAMPLE_RATE).t, 3)])
+    scored = probs[~np.isnan(probs)]
+    return {
+        "windows": [None if np.isnan(p) else round(float(p), 6) for p in probs],
+        "p_max": round(float(scored.max()), 6) if len(scored) else None,
+        "angry_share": round(float(np.mean(scored >= config.threshold)), 4) if len(scored) else None,
+        "segments": segments,
+    }
+
+
+def analyse(samples: np.ndarray, rate: int, detector: AngerDetector) -> dict[str, Any]:
+    """Scores and summary of a whole recording (samples at `rate`), exactly as `detector.score` scores it."""
+    x = np.nan_to_num(audio.mixdown(audio.to_float(samples)), nan=0.0, posinf=0.0, neginf=0.0)
+    x = audio.resample(x, rate)
+    probs = detector.score(x)  # already 16 kHz mono float: score() repeats the same steps as no-ops
+    return summarise(probs, len(x), detector.config)
+
+
+def record(path: str, samples: np.ndarray, rate: int, detector: AngerDetector) -> dict[str, Any]:
+    """The results line of a recording: where, how long, its window scores and their summary."""
+    return {
+        "path": path,
+        "duration": round(len(samples) / rate, 3),
+        "sample_rate": rate,
+        "threshold": detector.config.threshold,
+        **analyse(samples, rate, detector),
+        "error": None,
+    }
+
+
+def error_record(path: str, threshold: float, message: str) -> dict[str, Any]:
+    """The line of a recording that could not be scored: the same keys, null data, a one-line error."""
+    empty = dict.fromkeys(("windows", "p_max", "angry_share", "segments"))
+    return {"path": path, "duration": None, "sample_rate": None, "threshold": threshold, **empty, "error": message}
+
+
+def score_file(path: str, model: str | None, threshold: float) -> dict[str, Any]:
+    """The worker task: read, score and summarise one file; an unusable file gives an error record.
+
+    ModelError propagates: a model the workers cannot load stops the job.
+    """
+    from .sources.file import read_file
+
+    if model not in _MODELS:
+        _MODELS[model] = AngerModel(model, threads=1)
+    detector = AngerDetector(_MODELS[model], threshold)
+    try:
+        samples, rate = read_file(path)
+    except InputError as exc:
+        return error_record(path, threshold, str(exc))
+    return record(path, samples, rate, detector)
+
+
+# --- the archive --------------------------------------------------------------------------------------
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS:
+                yield Path(root) / name
+
+
+def find_recordings(patterns: list[str], warn: Callable[[str], None]) -> list[str]:
+    """Absolute paths of the recordings named by files, folders (recursive) and glob patterns, in order.
+
+    A literal path that does not exist is kept (it gets an error line); a pattern or folder that matches
+    nothing is reported through `warn`.
+    """
+    found: dict[str, None] = {}
+    for pattern in patterns:
+        is_glob = glob.has_magic(pattern)
+        matches = sorted(glob.glob(pattern, recursive=True)) if is_glob else [pattern]
+        paths = [q for m in matches for q in (_walk(Path(m)) if Path(m).is_dir() else [Path(m)])]
+        if not paths and (is_glob or Path(pattern).is_dir()):
+            warn(f"no audio files match {pattern}")
+        found.update(dict.fromkeys(os.path.abspath(p) for p in paths))
+    return list(found)
+
+
+def done_paths(out: Path) -> set[str]:
+    """Paths already in a results file; drops a last line cut short by a crash so that appending is safe."""
+    if not out.exists():
+        return set()
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        out.write_bytes(data)
+    done = set()
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            done.add(json.loads(line)["path"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+@contextmanager
+def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
+    """A client of the cluster at `scheduler`, or of a LocalCluster of `workers` single-threaded processes."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # also read by the worker processes
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    if scheduler is not None:
+        with Client(scheduler, timeout="10s") as client:
+            client.wait_for_workers(1, timeout=60)
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def run(
+    client: Client,
+    paths: list[str],
+    model: str | None,
+    threshold: float,
+    write: Callable[[dict[str, Any]], None],
+) -> None:
+    """Score `paths` on the cluster, at most a few tasks per worker thread in flight, calling `write` with
+    each record as it completes (in completion order)."""
+    from distributed import as_completed
+
+    todo = iter(paths)
+    in_flight = max(4 * sum(client.nthreads().values()), 16)
+    pending: dict[Any, str] = {}
+    queue = as_completed()
+
+    def submit() -> None:
+        path = next(todo, None)
+        if path is not None:
+            future = client.submit(score_file, path, model, threshold, pure=False)
+            pending[future] = path
+            queue.add(future)
+
+    for _ in range(in_flight):
+        submit()
+    for future in queue:
+        path = pending.pop(future)
+        try:
+            line = future.result()
+        except ModelError:
+            raise
+        except Exception as exc:  # a worker that died on this file, or a bug: the job goes on
+            line = error_record(path, threshold, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        future.release()
+        write(line)
+        submit()
+
+
+@contextmanager
+def progress_bar(total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A rich progress bar on stderr: recordings, audio hours, speed in x real time. Yields `advance`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]batch"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("recordings, {task.fields[hours]:.2f} h audio, {task.fields[speed]:.0f}x real time"),
+        TimeRemainingColumn(),
+    )
+    start, audio_s = time.monotonic(), 0.0
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task("batch", total=total, hours=0.0, speed=0.0)
+
+        def advance(line: dict[str, Any]) -> None:
+            nonlocal audio_s
+            audio_s += line["duration"] or 0.0
+            speed = audio_s / max(time.monotonic() - start, 1e-9)
+            progress.update(task, advance=1, hours=audio_s / 3600, speed=speed)
+
+        yield advance
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+def batch(
+    paths: Annotated[
+        list[str], typer.Argument(help="Audio files, folders (searched recursively) or quoted glob patterns.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results: one JSON line per recording.")],
+    scheduler: Annotated[
+        str | None, typer.Option(help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local one).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help=f"Worker processes of the local cluster [default: {DEFAULT_WORKERS}].")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip recordings already in --out; append.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry.")] = 0.6,
+    model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
+) -> None:
+    """Score an archive of recordings on a Dask cluster: one JSON line per recording in --out.
+
+    Exit codes: 0 every recording scored, 3 some failed (their lines have "error") or none found,
+    2 usage (bad options, scheduler unreachable), 5 model error, 130 interrupted (rerun with --resume).
+    """
+    from .cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail
+
+    def warn(message: str) -> None:
+        print(f"anger-stream: warning: {message}", file=sys.stderr)
+
+    if scheduler is not None and workers is not None:
+        fail("--workers sizes the local cluster; a --scheduler cluster has its own `dask worker`s", EXIT_USAGE)
+    if out.exists() and not (resume or overwrite):
+        fail(f"{out} exists: add --resume to continue it or --overwrite to replace it", EXIT_USAGE)
+    recordings = find_recordings(paths, warn)
+    if not recordings:
+        fail(f"no audio files found in {' '.join(paths)}", EXIT_INPUT)
+    done = done_paths(out) if resume else set()
+    todo = [p for p in recordings if p not in done]
+    if done:
+        warn(f"resuming: {len(recordings) - len(todo)} of {len(recordings)} recordings already in {out}")
+    model_path = str(model.absolute()) if model is not None else None
+    try:
+        AngerModel(model_path)  # fail fast, before starting a cluster
+    except ModelError as exc:
+        fail(str(exc), EXIT_MODEL)
+
+    failed = 0
+    try:
+        with (
+            connect(scheduler, workers or DEFAULT_WORKERS) as client,
+            out.open("a" if resume else "w", encoding="utf-8") as sink,
+            progress_bar(len(todo)) as advance,
+        ):
+
+            def write(line: dict[str, Any]) -> None:
+                nonlocal failed
+                failed += line["error"] is not None
+                sink.write(json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
+                sink.flush()
+                advance(line)
+
+            run(client, todo, model_path, threshold, write)
+    except KeyboardInterrupt:
+        fail(f"interrupted: the finished recordings are in {out}; rerun with --resume", EXIT_INTERRUPTED)
+    except ModelError as exc:
+        fail(f"on a worker: {exc}", EXIT_MODEL)
+    except OSError as exc:  # scheduler unreachable, no workers joined, output not writable
+        fail(f"{exc}".splitlines()[0] or type(exc).__name__, EXIT_USAGE)
+    if failed:
+        fail(f'{failed} of {len(todo)} recordings could not be scored (see their "error" in {out})', EXIT_INPUT)

@@ -1,0 +1,142 @@
+"""`anger-stream report`: one recording's timeline as a PNG a supervisor reads at a glance.
+
+Top: the level in dBFS per 50 ms frame, with the silence gate. Bottom: p(anger) per window at the window's
+centre, the threshold, and the anger segments (shaded on both) from the live detector's event logic.
+matplotlib is imported inside the function (Agg canvas, no pyplot).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from . import audio
+from .batch import record as make_record
+from .detector import AngerDetector, DetectorConfig
+
+FRAME_S = 0.05
+SIZE_PX = (1400, 600)
+DPI = 100
+
+
+def frame_levels(samples: np.ndarray, rate: int, frame_s: float = FRAME_S) -> tuple[np.ndarray, np.ndarray]:
+    """(frame centre times, dBFS) of consecutive frames of a mono signal (the last partial frame dropped)."""
+    n = max(round(frame_s * rate), 1)
+    frames = samples[: len(samples) // n * n].reshape(-1, n)
+    times = (np.arange(len(frames)) + 0.5) * n / rate
+    return times, np.atleast_1d(audio.dbfs(frames)) if len(frames) else np.zeros(0)
+
+
+def window_centres(n_windows: int, duration: float, config: DetectorConfig) -> np.ndarray:
+    """Centre time of each window; the last windows are cut short by the end of the recording."""
+    starts = np.arange(n_windows) * config.hop_s
+    return (starts + np.minimum(starts + config.window_s, duration)) / 2
+
+
+def _clock(t: float, _pos: object = None) -> str:
+    """Minutes and seconds: 3:07."""
+    return f"{int(t // 60)}:{int(t % 60):02d}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else _clock(seconds)
+
+
+def draw(record: dict[str, Any], samples: np.ndarray, rate: int, threshold: float, out: Path) -> None:
+    """Write the figure of one batch record (and its audio, for the level) to `out` (PNG, SIZE_PX pixels)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
+    config = DetectorConfig(threshold=threshold)
+    duration = record["duration"]
+    fig = Figure(figsize=(SIZE_PX[0] / DPI, SIZE_PX[1] / DPI), dpi=DPI, layout="constrained")
+    level_ax, p_ax = fig.subplots(2, 1, sharex=True, height_ratios=(2, 3))
+
+    times, levels = frame_levels(samples, rate)
+    level_ax.plot(times, levels, color="0.35", linewidth=0.8)
+    level_ax.axhline(config.min_dbfs, color="0.6", linestyle=":", linewidth=1, label="silence gate")
+    level_ax.set_ylim(max(min(levels.min(initial=0.0), config.min_dbfs) - 5, -100), 0)
+    level_ax.set_ylabel("level (dBFS)")
+    level_ax.legend(loc="lower right", fontsize="small")
+
+    p = np.array([np.nan if v is None else v for v in record["windows"]], dtype=float)
+    p_ax.plot(window_centres(len(p), duration, config), p, color="tab:blue", marker="o", markersize=3, label="p(anger)")
+    p_ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    for i, (t0, t1) in enumerate(record["segments"]):
+        level_ax.axvspan(t0, t1, color="tab:red", alpha=0.18, linewidth=0)
+        p_ax.axvspan(t0, t1, color="tab:red", alpha=0.18, linewidth=0, label=None if i else "anger")
+    p_ax.set_ylim(0, 1)
+    p_ax.set_xlim(0, duration)
+    p_ax.set_ylabel("p(anger)")
+    if duration < 60:
+        p_ax.set_xlabel("time (s)")
+    else:
+        p_ax.set_xlabel("time (m:ss)")
+        step = next((s for s in (10, 15, 30, 60, 120, 300, 600, 900, 1800) if duration / s <= 12), 3600)
+        p_ax.xaxis.set_major_locator(MultipleLocator(step))
+        p_ax.xaxis.set_major_formatter(FuncFormatter(_clock))
+    p_ax.legend(loc="upper right", fontsize="small")
+    for ax in (level_ax, p_ax):
+        ax.grid(alpha=0.3)
+
+    fig.suptitle(summary_line(record), fontsize="large")
+    fig.savefig(out, format="png")
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """E.g. 'call.wav: 3:12, 14% of speech angry, peak p 0.93, 2 anger segments'."""
+    share, peak, n = record["angry_share"], record["p_max"], len(record["segments"])
+    speech = "no speech scored" if share is None else f"{share:.0%} of speech angry, peak p {peak:.2f}"
+    return f"{Path(record['path']).name}: {_duration(record['duration'])}, {speech}, {n} anger segment{'s' * (n != 1)}"
+
+
+def find_record(results: Path, wanted: str) -> dict[str, Any]:
+    """The line of a batch results file for a recording: its full path, or a unique file name or suffix."""
+    records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
+    exact = [r for r in records if r["path"] == str(Path(wanted).absolute())]
+    matches = exact or [r for r in records if r["path"].endswith("/" + wanted.lstrip("/"))]
+    if len(matches) != 1:
+        found = "no recording" if not matches else f"{len(matches)} recordings"
+        raise ValueError(f"{found} in {results} match {wanted}")
+    return matches[-1]
+
+
+def report(
+    source: Annotated[Path, typer.Argument(help="A recording, or batch results (.jsonl) with --path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    path: Annotated[str | None, typer.Option(help="With batch results: the recording to draw (path or name).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry [default: 0.6].")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
+) -> None:
+    """Draw one recording's timeline (level, p(anger), threshold, anger segments) as a PNG."""
+    from .cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail
+    from .model import ModelError
+    from .sources import InputError
+    from .sources.file import read_file
+
+    try:
+        if source.suffix == ".jsonl":
+            if path is None or threshold is not None or model is not None:
+                fail("batch results need --path, and take neither --threshold nor --model", EXIT_USAGE)
+            record = find_record(source, path)
+            if record["error"] is not None:
+                fail(f"{record['path']} was not scored: {record['error']}", EXIT_INPUT)
+            samples, rate = read_file(record["path"])
+            threshold = record["threshold"]
+        else:
+            if path is not None:
+                fail("--path is for batch results (.jsonl)", EXIT_USAGE)
+            threshold = 0.6 if threshold is None else threshold
+            samples, rate = read_file(source)
+            record = make_record(str(source), samples, rate, AngerDetector(model, threshold))
+        draw(record, samples, rate, threshold, out)
+    except (InputError, ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0], EXIT_INPUT)
+    except ModelError as exc:
+        fail(str(exc), EXIT_MODEL)

@@ -1,0 +1,94 @@
+"""`anger-stream serve`: the telephony servers as a CLI subcommand (registered in anger_stream/cli.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import audio
+
+DEFAULT_AUDIOSOCKET = "127.0.0.1:9092"
+DEFAULT_MEDIASTREAM = "127.0.0.1:8765"
+
+
+def parse_address(value: str, option: str) -> tuple[str, int]:
+    """HOST:PORT (or just PORT, on 127.0.0.1) -> (host, port)."""
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise typer.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint=option)
+    return host, int(port)
+
+
+def serve(
+    audiosocket: Annotated[
+        str | None,
+        typer.Option(help=f"Serve Asterisk AudioSocket on HOST:PORT (e.g. {DEFAULT_AUDIOSOCKET}; port 0: any)."),
+    ] = None,
+    mediastream: Annotated[
+        str | None,
+        typer.Option(help=f"Serve Media Streams WebSockets on HOST:PORT (e.g. {DEFAULT_MEDIASTREAM})."),
+    ] = None,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry.")] = 0.6,
+    model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
+    events_only: Annotated[bool, typer.Option("--events-only", help="Leave out the window lines.")] = False,
+    min_dbfs: Annotated[float, typer.Option(help="Silence gate: quieter windows are not scored.")] = audio.MIN_DBFS,
+    patience: Annotated[int, typer.Option(min=1, help="Angry windows in a row to start a segment.")] = 1,
+    hysteresis: Annotated[float, typer.Option(min=0.0, help="A segment ends below threshold - this.")] = 0.1,
+    read_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Close a call that sends nothing for this many seconds.")
+    ] = 10.0,
+    marks: Annotated[
+        bool, typer.Option("--marks", help="Media Streams: send a mark per anger event (bidirectional streams).")
+    ] = False,
+    threads: Annotated[int, typer.Option(min=1, help="Model threads.")] = min(2, os.cpu_count() or 1),
+    max_batch: Annotated[int, typer.Option(min=1, help="Most windows per model call.")] = 256,
+) -> None:
+    """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.
+
+    Listens on 127.0.0.1 unless told otherwise. Exit codes as for detection; 3: cannot listen.
+    """
+    import asyncio
+
+    from ..cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, StdoutClosed, emit_line, fail
+    from ..detector import DetectorConfig
+    from ..model import AngerModel, ModelError
+    from ..streams import StreamSet
+    from .server import Hub, Listen, ListenError
+    from .server import serve as run_servers
+
+    if audiosocket is None and mediastream is None:
+        raise typer.BadParameter(
+            f"give --audiosocket HOST:PORT and/or --mediastream HOST:PORT "
+            f"(e.g. {DEFAULT_AUDIOSOCKET}, {DEFAULT_MEDIASTREAM})"
+        )
+    listen = []
+    if audiosocket is not None:
+        listen.append(Listen("audiosocket", *parse_address(audiosocket, "--audiosocket")))
+    if mediastream is not None:
+        try:
+            import websockets  # noqa: F401
+        except ImportError:
+            fail("--mediastream needs the websockets package: pip install 'anger-stream[serve]'", EXIT_USAGE)
+        listen.append(Listen("mediastream", *parse_address(mediastream, "--mediastream")))
+    try:
+        config = DetectorConfig(threshold=threshold, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        streams = StreamSet(AngerModel(model, threads=threads), config, max_batch=max_batch)
+    except ModelError as exc:
+        fail(str(exc), EXIT_MODEL)
+
+    async def main() -> None:
+        await run_servers(Hub(streams, emit_line, events_only), listen, read_timeout, marks)
+
+    try:
+        asyncio.run(main())
+    except StdoutClosed:
+        return
+    except ListenError as exc:
+        fail(str(exc), EXIT_INPUT)

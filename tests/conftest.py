@@ -1,0 +1,60 @@
+"""Shared fixtures: the project's data folder (../shared, optional), the CLI, synthetic and real speech."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+CLI = str(Path(sys.executable).parent / "anger-stream")
+
+# test actors of RAVDESS (21-24): never trained on
+ANGRY_CLIP = "ravdess/Actor_22/03-01-05-02-01-01-22.flac"
+CALM_CLIP = "ravdess/Actor_22/03-01-02-01-01-01-22.flac"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"needs the project's shared data folder ({SHARED}; set ANGER_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def angry_clip(shared: Path) -> Path:
+    return shared / "data" / ANGRY_CLIP
+
+
+@pytest.fixture(scope="session")
+def calm_clip(shared: Path) -> Path:
+    return shared / "data" / CALM_CLIP
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 4 s of synthetic speech at 16 kHz (espeak-ng, converted by sox)."""
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        pytest.skip("needs espeak-ng and sox")
+    d = tmp_path_factory.mktemp("speech")
+    raw, out = d / "raw.wav", d / "speech16k.wav"
+    text = "I have been waiting on the phone for an hour and nobody can tell me where my order is."
+    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
+    return out
+
+
+def read_mono(path: Path) -> tuple[np.ndarray, int]:
+    x, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return x.mean(axis=1), rate
+
+
+def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the installed `anger-stream` console script as a user would."""
+    return subprocess.run([CLI, *args], input=stdin, capture_output=True, timeout=timeout)
