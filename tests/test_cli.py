@@ -70,7 +70,9 @@ def test_raw_stdin(speech_wav: Path, kind: str) -> None:
 def test_8khz_telephone_audio_on_stdin(speech_wav: Path, tmp_path: Path, fmt: str, encoding: str) -> None:
     raw = tmp_path / "call.raw"
     bits = "16" if fmt == "s16le" else "8"
-    subprocess.run(["sox", str(speech_wav), "-r", "8000", "-e", encoding, "-b", bits, "-t", "raw", str(raw)], check=True)
+    subprocess.run(
+        ["sox", str(speech_wav), "-r", "8000", "-e", encoding, "-b", bits, "-t", "raw", str(raw)], check=True
+    )
     result = run_cli("--input", "-", "--format", fmt, "--rate", "8000", stdin=raw.read_bytes())
     assert result.returncode == 0, result.stderr.decode()
     events = lines(result)
@@ -111,8 +113,10 @@ def write_wav(path: Path, x: np.ndarray, rate: int = 16000) -> Path:
         lambda d: d / "missing.wav",
         lambda d: (d / "empty.wav").write_bytes(b"") and d / "empty.wav",
         lambda d: (d / "notes.txt").write_text("this is not audio\n" * 50) and d / "notes.txt",
-        lambda d: (d / "trunc.wav").write_bytes(write_wav(d / "full.wav", np.zeros(16000)).read_bytes()[:30])
-        and d / "trunc.wav",
+        lambda d: (
+            (d / "trunc.wav").write_bytes(write_wav(d / "full.wav", np.zeros(16000)).read_bytes()[:30])
+            and d / "trunc.wav"
+        ),
         lambda d: d,
     ],
     ids=["missing", "zero-length", "text", "truncated-header", "directory"],
@@ -176,9 +180,7 @@ def test_degenerate_audio_gives_finite_json(tmp_path: Path, signal_: np.ndarray,
 
 
 def test_closed_stdout_exits_quietly(speech_wav: Path) -> None:
-    result = subprocess.run(
-        f"'{CLI}' --input '{speech_wav}' | head -n 1", shell=True, capture_output=True, timeout=60
-    )
+    result = subprocess.run(f"'{CLI}' --input '{speech_wav}' | head -n 1", shell=True, capture_output=True, timeout=60)
     assert result.returncode == 0
     assert result.stdout.decode().count("\n") == 1
     assert result.stderr == b"", result.stderr.decode()
