@@ -1,0 +1,109 @@
+"""AudioSocket frames (sans-I/O parser and encoders) and the streaming resampler calls go through."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from scipy.signal import resample_poly
+
+from anger_stream.resampler import StreamingResampler
+from anger_stream.serve import audiosocket as a
+
+CALL = "40325ec2-5efd-4bd3-805f-53576e581d13"
+
+
+@pytest.mark.parametrize(("rate", "up", "down"), [(8000, 2, 1), (44100, 160, 441)])
+@pytest.mark.parametrize("chunk", [1, 160, 320, 4096])
+def test_streaming_resampler_equals_resample_poly(rate: int, up: int, down: int, chunk: int) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(rate // 2 if chunk == 1 else rate * 2) * 0.3
+    r = StreamingResampler(rate, 16_000)
+    y = np.concatenate([r.process(x[i : i + chunk]) for i in range(0, len(x), chunk)] + [r.flush()])
+    want = resample_poly(x, up, down)
+    assert y.shape == want.shape
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
+
+
+def _events(data: bytes, step: int | None = None) -> list:
+    p = a.Parser()
+    out = []
+    for i in range(0, len(data), step or max(len(data), 1)):
+        p.receive_data(data[i : i + (step or len(data))])
+        while (e := p.next_event()) is not a.NEED_DATA:
+            out.append(e)
+            if isinstance(e, a.Hangup | a.AsteriskError):
+                return out
+    p.receive_data(b"")
+    while (e := p.next_event()) is not a.NEED_DATA:
+        out.append(e)
+    return out
+
+
+def _call(*frames: bytes) -> bytes:
+    return a.uuid_frame(CALL) + b"".join(frames)
+
+
+def test_a_call_parses_the_same_in_any_split() -> None:
+    pcm = np.arange(-160, 160, dtype=np.int16)
+    data = _call(a.audio_frame(pcm[:160]), a.dtmf_frame("5"), a.audio_frame(pcm[160:]), a.hangup_frame())
+    whole, bytewise = _events(data), _events(data, step=1)
+    assert [type(e) for e in whole] == [a.CallId, a.Audio, a.Dtmf, a.Audio, a.Hangup]
+    assert whole[0].call_id == CALL and whole[2].digit == "5"
+    np.testing.assert_array_equal(np.concatenate([whole[1].samples, whole[3].samples]), pcm)
+    assert whole[1].sample_rate == 8000
+    assert [type(e) for e in bytewise] == [type(e) for e in whole]
+
+
+def test_frame_layout_matches_the_protocol() -> None:
+    assert a.hangup_frame() == b"\x00\x00\x00"
+    assert a.uuid_frame(CALL) == b"\x01\x00\x10" + uuid.UUID(CALL).bytes
+    assert a.audio_frame(np.array([1, -2], dtype=np.int16)) == b"\x10\x00\x04\x01\x00\xfe\xff"
+    assert a.audio_frame(np.zeros(2, dtype=np.int16), 16000)[0] == 0x12
+    with pytest.raises(ValueError):
+        a.audio_frame(np.zeros(2, dtype=np.int16), 11025)
+    with pytest.raises(ValueError):
+        a.frame(a.AUDIO, bytes(70000))
+
+
+@pytest.mark.parametrize(("kind", "rate"), list(a.AUDIO_RATES.items()))
+def test_higher_rate_audio_kinds(kind: int, rate: int) -> None:
+    (_, audio_event) = _events(_call(a.frame(kind, bytes(4))))[:2]
+    assert audio_event.sample_rate == rate and len(audio_event.samples) == 2
+
+
+def test_socket_closed_between_frames_is_a_hangup() -> None:
+    assert isinstance(_events(_call(a.audio_frame(np.zeros(4))))[-1], a.Hangup)
+
+
+def test_asterisk_error_ends_the_call() -> None:
+    events = _events(_call(a.frame(a.ERROR, b"\x02"), a.audio_frame(np.zeros(4))))
+    assert events[-1] == a.AsteriskError(2)
+
+
+def test_incomplete_frame_waits_for_data_then_fails_at_eof() -> None:
+    p = a.Parser()
+    p.receive_data(_call() + b"\x10\x01\x40" + bytes(100))  # 320 bytes announced, 100 sent
+    assert isinstance(p.next_event(), a.CallId)
+    assert p.next_event() is a.NEED_DATA
+    p.receive_data(b"")
+    with pytest.raises(a.ProtocolError, match="inside a frame"):
+        p.next_event()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (a.audio_frame(np.zeros(4)), "UUID frame first"),
+        (a.frame(a.UUID, bytes(15)), "UUID payload"),
+        (_call(a.uuid_frame(CALL)), "second UUID"),
+        (_call(a.frame(0x42, b"xy")), "unknown frame kind 0x42"),
+        (_call(a.frame(a.AUDIO, bytes(3))), "even"),
+        (_call(a.audio_frame(np.zeros(4)), a.audio_frame(np.zeros(4), 16000)), "sample rate changed"),
+        (_call(a.frame(a.DTMF, b"12")), "DTMF"),
+    ],
+)
+def test_protocol_errors(data: bytes, message: str) -> None:
+    with pytest.raises(a.ProtocolError, match=message):
+        _events(data)

@@ -1,0 +1,168 @@
+"""`anger-stream serve` end to end: real sockets on 127.0.0.1, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serve_support import (
+    CLI,
+    ServeProcess,
+    assert_same_events,
+    audiosocket_call,
+    expected_lines,
+    make_speech,
+    mediastream_call,
+    mulaw_roundtrip,
+)
+
+from anger_stream.serve import audiosocket, mediastream
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    return make_speech(tmp_path_factory.mktemp("speech"))
+
+
+@pytest.fixture(scope="module")
+def server() -> ServeProcess:
+    srv = ServeProcess(protocols=("audiosocket", "mediastream"))
+    yield srv
+    assert srv.stop() == 0
+
+
+def test_audiosocket_call_equals_the_single_stream_detector(server: ServeProcess, speech: np.ndarray) -> None:
+    call = audiosocket_call(server.ports["audiosocket"], speech)
+    events = server.call_events(call)
+    start = next(e for e in server.events if e.get("call") == call)
+    assert start == {"call": call, "type": "status", "state": "start", "t": 0.0, "sample_rate": 8000,
+                     "protocol": "audiosocket", "peer": start["peer"]}  # fmt: skip
+    assert events[-1]["state"] == "end" and events[-1]["windows"] == len(events) - 1
+    assert events[-1]["t"] == pytest.approx(len(speech) / 8000, abs=1e-3)
+    assert_same_events(events[:-1], expected_lines(speech, 8000, call))
+
+
+def test_mediastream_call_equals_the_single_stream_detector(server: ServeProcess, speech: np.ndarray) -> None:
+    call = mediastream_call(server.ports["mediastream"], speech)
+    events = server.call_events(call)
+    assert events[-1]["state"] == "end"
+    assert_same_events(events[:-1], expected_lines(mulaw_roundtrip(speech), 8000, call))
+
+
+def test_concurrent_calls_on_both_protocols_are_independent(server: ServeProcess, speech: np.ndarray) -> None:
+    rng = np.random.default_rng(1)
+    clips = [(speech * rng.uniform(0.05, 1.0)).astype(np.int16)[: rng.integers(9000, len(speech))] for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [
+            pool.submit(audiosocket_call if i % 2 else mediastream_call, server.ports["audiosocket" if i % 2 else
+                        "mediastream"], clip, frame=int(rng.integers(1, 400)))
+            for i, clip in enumerate(clips)
+        ]  # fmt: skip
+        calls = [f.result() for f in futures]
+    for i, (call, clip) in enumerate(zip(calls, clips, strict=True)):
+        audio = clip if i % 2 else mulaw_roundtrip(clip)
+        assert_same_events(server.call_events(call)[:-1], expected_lines(audio, 8000, call))
+
+
+def test_16khz_audiosocket_and_dtmf(server: ServeProcess, speech: np.ndarray) -> None:
+    call = str(uuid.uuid4())
+    wide = np.repeat(speech, 2)
+    with socket.create_connection(("127.0.0.1", server.ports["audiosocket"])) as s:
+        s.sendall(audiosocket.uuid_frame(call) + audiosocket.audio_frame(wide[:320], 16000))
+        s.sendall(audiosocket.dtmf_frame("#"))
+        for i in range(320, len(wide), 320):
+            s.sendall(audiosocket.audio_frame(wide[i : i + 320], 16000))
+    events = server.call_events(call)
+    assert events[0] == {"call": call, "type": "status", "state": "dtmf", "t": 0.02, "digit": "#"}
+    assert_same_events(events[1:-1], expected_lines(wide, 16000, call))
+
+
+def test_a_call_id_in_use_is_refused(server: ServeProcess, speech: np.ndarray) -> None:
+    call = str(uuid.uuid4())
+    first = socket.create_connection(("127.0.0.1", server.ports["audiosocket"]))
+    first.sendall(audiosocket.uuid_frame(call) + audiosocket.audio_frame(speech[:800]))
+    time.sleep(0.3)
+    with socket.create_connection(("127.0.0.1", server.ports["audiosocket"])) as second:
+        second.sendall(audiosocket.uuid_frame(call) + audiosocket.audio_frame(speech[:800]))
+        second.settimeout(5)
+        assert second.recv(10) == b""  # closed by the server
+    rest = [audiosocket.audio_frame(speech[i : i + 160]) for i in range(800, len(speech), 160)]
+    first.sendall(b"".join(rest) + audiosocket.hangup_frame())
+    first.close()
+    events = server.call_events(call)
+    assert events[-1]["state"] == "end" and events[-1]["windows"] == len(expected_lines(speech, 8000, call))
+    refused = [e for e in server.events if e.get("call", "").startswith(f"{call}@")]
+    assert refused and refused[0]["state"] == "error" and "already being served" in refused[0]["error"]
+
+
+def test_events_only_and_marks(speech: np.ndarray) -> None:
+    from websockets.sync.client import connect
+
+    srv = ServeProcess("--events-only", "--marks", "--threshold", "0", protocols=("mediastream",))
+    try:
+        sid, call = "MZmarks", "CAmarks"
+        with connect(f"ws://127.0.0.1:{srv.ports['mediastream']}") as ws:
+            ws.send(mediastream.start_message(sid, call))
+            payload = mulaw_roundtrip(speech)
+            from tools.telephone import mulaw_encode
+
+            data = mulaw_encode(payload)
+            for n, i in enumerate(range(0, len(data), 160)):
+                ws.send(mediastream.media_message(sid, data[i : i + 160], n + 1, i // 8))
+            mark = json.loads(ws.recv(timeout=10))
+            ws.send(mediastream.stop_message(sid, call))
+        events = srv.call_events(call)
+    finally:
+        assert srv.stop() == 0
+    assert mark["event"] == "mark" and mark["streamSid"] == sid and mark["mark"]["name"].startswith("anger_start:")
+    assert [e["type"] for e in events] == ["anger_start", "anger_end", "status"]
+    assert events[-1]["anger_segments"] == 1 and events[-1]["windows"] > 0
+
+
+def test_sigterm_ends_open_calls_as_interrupted(speech: np.ndarray) -> None:
+    srv = ServeProcess()
+    call = str(uuid.uuid4())
+    with socket.create_connection(("127.0.0.1", srv.ports["audiosocket"])) as s:
+        s.sendall(audiosocket.uuid_frame(call) + audiosocket.audio_frame(speech[:12000]))
+        time.sleep(0.5)
+        assert srv.stop() == 0
+    events = srv.call_events(call, timeout=1)
+    assert events[-1]["state"] == "interrupted" and events[-1]["t"] == 1.5
+    assert_same_events(events[:-1], expected_lines(speech[:12000], 8000, call))
+    assert "Traceback" not in "".join(srv.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        ([], 2, "--audiosocket HOST:PORT"),
+        (["--audiosocket", "localhost:http"], 2, "expected HOST:PORT"),
+        (["--audiosocket", "127.0.0.1:0", "--model", "/nonexistent.onnx"], 5, "model file not found"),
+        (["--audiosocket", "192.0.2.1:9092"], 3, "cannot listen on 192.0.2.1:9092"),
+    ],
+)
+def test_usage_errors(args: list[str], code: int, message: str) -> None:
+    r = subprocess.run([CLI, "serve", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == code, r.stderr
+    assert message in " ".join(r.stderr.split()) and "Traceback" not in r.stderr
+
+
+def test_port_in_use_exits_3() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([CLI, "serve", "--audiosocket", f"127.0.0.1:{port}"], capture_output=True, text=True)
+    assert r.returncode == 3 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_lists_serve() -> None:
+    r = subprocess.run([CLI, "--help"], capture_output=True, text=True, timeout=60)
+    assert "serve" in r.stdout and Path(CLI).exists()
