@@ -1,0 +1,44 @@
+# Newcomer entry points: `make demo` (set up and listen to the microphone), `make test` (set up and test).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox haproxy
+SHARED ?= ../shared
+
+.PHONY: demo demo-file test lint deps model evaluate bench clean
+
+demo: $(BIN)/anger-stream  ## set up the runtime and run the detector on the default microphone
+	$(BIN)/anger-stream --threshold 0.6
+
+demo-file: $(BIN)/anger-stream  ## no microphone? synthesise a sentence and run it in real time
+	espeak-ng -w /tmp/anger-demo.wav "Why is nobody answering? I have been waiting for an hour!"
+	$(BIN)/anger-stream --input /tmp/anger-demo.wav --realtime --threshold 0.6
+
+test: deps $(VENV)/.test-installed  ## set up everything and run the checks and the test suite
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+deps:  ## system packages (Debian): PortAudio, libsndfile, PulseAudio, espeak-ng, sox, HAProxy
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "please install: sudo apt-get install $$missing"; exit 1; fi; \
+	fi
+
+$(BIN)/anger-stream:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+
+$(VENV)/.test-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0  # the CPU build; never a loose torch requirement
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
