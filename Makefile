@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox haproxy
+APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox haproxy tmux
 SHARED ?= ../shared
 
 .PHONY: demo demo-file test lint deps model evaluate bench clean

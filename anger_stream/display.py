@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
@@ -23,7 +25,14 @@ class Meter:
         self.windows = 0
         self.segments = 0
         self.note = ""
-        self._live = Live(self._render(), console=self.console, auto_refresh=False, transient=False)
+        # JSON lines to a terminal stdout are printed above the meter; to a pipe they bypass rich entirely
+        self._live = Live(
+            self._render(),
+            console=self.console,
+            auto_refresh=False,
+            redirect_stdout=sys.stdout.isatty(),
+            redirect_stderr=False,
+        )
 
     def __enter__(self) -> Meter:
         self._live.start()
