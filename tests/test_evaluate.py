@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from onnx import TensorProto, helper
 
-from tools import evaluate
+from tools import egemaps, evaluate
 from tools.telephone import mulaw_encode, telephone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,14 +53,16 @@ def _tone(seconds: float, rate: int = SR, freq: float = 440.0, amp: float = 0.1)
     return (amp * np.sin(2 * np.pi * freq * np.arange(round(seconds * rate)) / rate)).astype(np.float32)
 
 
-def _write_manifest(folder: Path, rows: list[tuple[str, int, np.ndarray, int]]) -> Path:
-    """FLAC files and a manifest.csv (corpus 'synth': every clip is in the test split)."""
+def _write_manifest(
+    folder: Path, rows: list[tuple[str, int, np.ndarray, int]], corpus: str = "synth", speakers: str = "01"
+) -> Path:
+    """FLAC files and a manifest.csv; corpus 'synth' has only a test split, 'ravdess' is split by speaker."""
     with (folder / "manifest.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "corpus", "speaker", "gender", "emotion", "anger", "duration_s"])
-        for name, anger, x, rate in rows:
+        for (name, anger, x, rate), speaker in zip(rows, speakers.split() * len(rows), strict=False):
             sf.write(folder / name, x, rate, subtype="PCM_16")
-            writer.writerow([name, "synth", "01", "f", "angry" if anger else "neutral", anger, len(x) / rate])
+            writer.writerow([name, corpus, speaker, "f", "angry" if anger else "neutral", anger, len(x) / rate])
     return folder / "manifest.csv"
 
 
@@ -100,6 +102,25 @@ def test_end_to_end(synth_manifest: Path, peak_model: Path, tmp_path: Path) -> N
     assert all(t["fpr"] == 0.0 and t["tpr"] == 1.0 for t in result["thresholds"])
     assert result["compare"]["p_value"] == 1.0 and result["compare"]["auroc"] == 1.0
     assert plot.stat().st_size > 10_000
+
+
+def test_egemaps_baseline(tmp_path: Path, peak_model: Path) -> None:
+    """Train on speaker 01 (RAVDESS train split), test on speaker 21 (test split); the second run is cached."""
+    rng = np.random.default_rng(1)
+    rows = [(f"noise{i}.flac", 1, (0.2 * rng.normal(size=2 * SR)).clip(-1, 1), SR) for i in range(4)]
+    rows += [(f"tone{i}.flac", 0, _tone(2.0, freq=200.0 + 100 * i, amp=0.05), SR) for i in range(4)]
+    manifest = _write_manifest(tmp_path, rows, corpus="ravdess", speakers="01 21")
+    out, cache = tmp_path / "out.json", tmp_path / "cache"
+    args = ["--manifest", str(manifest), "--json", str(out), "--cache", str(cache), "--model", str(peak_model)]
+    egemaps.main(args)
+    result = json.loads(out.read_text())
+    assert (result["train"]["n_windows"], result["n_windows"], result["auroc"]) == (8, 8, 1.0)
+    assert result["models"][str(peak_model)]["compare"]["auroc"] == 1.0  # the baseline, on the same windows
+    stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert sorted(stamps) == ["ravdess-test-16k.npz", "ravdess-train-16k.npz"]
+    egemaps.main(args)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
+    assert json.loads(out.read_text())["auroc"] == 1.0
 
 
 @pytest.mark.parametrize(

@@ -184,7 +184,7 @@ def plot_roc(path: Path, labels: np.ndarray, corpus: np.ndarray, curves: dict[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted(set(corpus))
+    names = list(dict.fromkeys(corpus))  # in manifest order
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         mask = corpus == name
