@@ -1,0 +1,278 @@
+"""`anger-stream batch`: a real LocalCluster and a real `dask scheduler` + `dask worker`, error lines, --resume,
+equality with the single-file AngerDetector.score() path, and the live detector's event logic."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+from onnx import TensorProto, helper
+
+from anger_stream.batch import find_recordings, summarise
+from anger_stream.detector import AngerDetector
+from anger_stream.events import AngerEnd, AngerStart
+from anger_stream.sources.file import read_file
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MODEL = REPO / "models" / "anger_fcn.onnx"
+BIN = Path(sys.executable).parent
+GOOD = {"speech16k.wav", "call_mulaw8k.wav", "stereo44k.flac", "speech.ogg", "speech.mp3", "nested.flac"}
+BAD = {"empty.wav", "no_frames.wav", "corrupt.wav"}
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "anger-stream"), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def read_lines(path: Path) -> dict[str, dict]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    by_name = {Path(r["path"]).name: r for r in lines}
+    assert len(by_name) == len(lines), "one line per recording"
+    return by_name
+
+
+def assert_clean_stderr(stderr: str) -> None:
+    assert "Traceback" not in stderr
+    assert "distributed." not in stderr, stderr  # no Dask logging noise
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    if not MODEL.is_file():
+        pytest.skip(f"needs the shipped model {MODEL}")
+    return MODEL
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic speech in several formats, rates and channel counts, a nested folder and three bad files."""
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        pytest.skip("needs espeak-ng and sox")
+    d = tmp_path_factory.mktemp("archive")
+    raw = d / "raw.voice"  # not an audio extension: the folder walk skips it
+    text = "I have been waiting on the phone for an hour and nobody can tell me where my order is."
+    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True)
+    sox = ["sox", "-t", "wav", str(raw)]
+    subprocess.run([*sox, "-r", "16000", "-c", "1", "-b", "16", str(d / "speech16k.wav")], check=True)
+    subprocess.run([*sox, "-r", "8000", "-c", "1", "-e", "mu-law", str(d / "call_mulaw8k.wav")], check=True)
+    subprocess.run([*sox, "-r", "44100", "-c", "2", str(d / "stereo44k.flac")], check=True)
+    subprocess.run([*sox, str(d / "speech.ogg")], check=True)
+    samples, rate = sf.read(str(d / "speech16k.wav"), dtype="float32")
+    sf.write(str(d / "speech.mp3"), samples, rate, format="MP3")
+    (d / "sub").mkdir()
+    subprocess.run([*sox, "-r", "22050", str(d / "sub" / "nested.flac")], check=True)
+    (d / "empty.wav").write_bytes(b"")
+    sf.write(str(d / "no_frames.wav"), np.zeros(0, dtype=np.float32), 16000)
+    (d / "corrupt.wav").write_bytes(np.random.default_rng(0).bytes(4000))
+    (d / "notes.txt").write_text("not audio")
+    return d
+
+
+@pytest.fixture(scope="module")
+def local_run(
+    clips: Path, model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """The archive scored on the default engine: a LocalCluster of 2 worker processes."""
+    out = tmp_path_factory.mktemp("out") / "results.jsonl"
+    proc = run_cli("batch", str(clips), "--out", str(out), "--workers", "2", "--model", str(model))
+    return proc, out
+
+
+def test_local_cluster_writes_one_line_per_recording(local_run: tuple[subprocess.CompletedProcess, Path]) -> None:
+    proc, out = local_run
+    assert proc.returncode == 3, proc.stderr  # some recordings failed: the input-error code
+    assert_clean_stderr(proc.stderr)
+    assert "3 of 9 recordings could not be scored" in proc.stderr
+    lines = read_lines(out)
+    assert set(lines) == GOOD | BAD
+    for name in GOOD:
+        r = lines[name]
+        assert r["error"] is None
+        assert r["duration"] == pytest.approx(lines["speech16k.wav"]["duration"], abs=0.01)
+        assert len(r["windows"]) >= 5
+        scored = [p for p in r["windows"] if p is not None]
+        assert r["p_max"] == max(scored)
+        assert r["angry_share"] == pytest.approx(np.mean([p >= 0.6 for p in scored]), abs=1e-4)
+        assert all(0 <= a < b <= r["duration"] + 0.01 for a, b in r["segments"])
+    assert lines["call_mulaw8k.wav"]["sample_rate"] == 8000
+    assert lines["stereo44k.flac"]["sample_rate"] == 44100
+    for name in BAD:
+        r = lines[name]
+        assert r["error"] and "\n" not in r["error"] and name in r["error"]
+        assert r["windows"] is None and r["duration"] is None
+    assert "zero frames" in lines["no_frames.wav"]["error"]
+
+
+def test_windows_equal_single_file_score(local_run: tuple[subprocess.CompletedProcess, Path], model: Path) -> None:
+    lines = read_lines(local_run[1])
+    detector = AngerDetector(model)
+    for name in GOOD:
+        expected = detector.score(*read_file(lines[name]["path"]))
+        got = np.array([np.nan if p is None else p for p in lines[name]["windows"]])
+        np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True, err_msg=name)
+
+
+def test_resume_after_a_crash_appends_only_the_missing(
+    local_run: tuple[subprocess.CompletedProcess, Path], clips: Path, model: Path, tmp_path: Path
+) -> None:
+    full = local_run[1].read_text().splitlines(keepends=True)
+    bad = [line for line in full if json.loads(line)["error"] is not None]
+    good = [line for line in full if json.loads(line)["error"] is None]
+    out = tmp_path / "results.jsonl"
+    out.write_text("".join(bad + good[:1]) + good[1][:25])  # the failures, one line, a crash in the next
+    proc = run_cli("batch", str(clips), "--out", str(out), "--resume", "--workers", "1", "--model", str(model))
+    assert proc.returncode == 0, proc.stderr  # every recording of this run scored
+    assert "4 of 9 recordings already in" in proc.stderr
+    lines = out.read_text().splitlines(keepends=True)
+    assert lines[:4] == bad + good[:1]
+    assert len(lines) == 9 and set(read_lines(out)) == GOOD | BAD
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> str:
+    """A `dask scheduler` and a `dask worker` as separate processes on loopback; yields the address."""
+    scheduler_file = tmp_path / "scheduler.json"
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+            + ["--scheduler-file", str(scheduler_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        yield address
+    finally:
+        for p in reversed(procs):
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_existing_scheduler_gives_the_same_lines(
+    dask_cluster: str, local_run: tuple[subprocess.CompletedProcess, Path], clips: Path, model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "remote.jsonl"
+    args = ["--scheduler", dask_cluster, "--model", str(model)]
+    proc = run_cli("batch", str(clips / "*.wav"), str(clips / "sub"), "--out", str(out), *args)
+    assert proc.returncode == 3, proc.stderr
+    assert_clean_stderr(proc.stderr)
+    remote, local = read_lines(out), read_lines(local_run[1])
+    assert set(remote) == {"speech16k.wav", "call_mulaw8k.wav", "nested.flac"} | BAD
+    for name, r in remote.items():
+        assert r == local[name]
+
+
+def test_no_files_is_an_input_error(tmp_path: Path) -> None:
+    proc = run_cli("batch", str(tmp_path), str(tmp_path / "*.flac"), "--out", str(tmp_path / "r.jsonl"))
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines()[-1].startswith("anger-stream: error: no audio files found in")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_existing_output_needs_resume_or_overwrite(clips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    out.write_text("")
+    proc = run_cli("batch", str(clips), "--out", str(out))
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_model_is_a_model_error(clips: Path, tmp_path: Path) -> None:
+    proc = run_cli("batch", str(clips), "--out", str(tmp_path / "r.jsonl"), "--model", str(tmp_path / "none.onnx"))
+    assert proc.returncode == 5 and "model file not found" in proc.stderr
+
+
+def test_find_recordings_walks_folders_and_expands_globs(clips: Path) -> None:
+    warnings: list[str] = []
+    found = find_recordings(
+        [str(clips), str(clips / "*.wav"), str(clips / "missing.wav"), "/nowhere/*.wav"], warnings.append
+    )
+    names = [Path(p).name for p in found]
+    assert len(names) == len(set(names)) == len(GOOD | BAD) + 1  # duplicates dropped, notes.txt skipped
+    assert names[-1] == "missing.wav" and all(Path(p).is_absolute() for p in found)
+    assert warnings == ["no audio files match /nowhere/*.wav"]
+
+
+@pytest.fixture(scope="module")
+def peak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """p = sigmoid((max|x| - 60) / 10): prepared noise scores high, a sine low."""
+    nodes = [
+        helper.make_node("Abs", ["audio"], ["abs"]),
+        helper.make_node("ReduceMax", ["abs"], ["peak"], axes=[1], keepdims=0),
+        helper.make_node("Sub", ["peak", "sixty"], ["centred"]),
+        helper.make_node("Div", ["centred", "ten"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["p"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "peak",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch"])],
+        [
+            helper.make_tensor("sixty", TensorProto.FLOAT, [], [60.0]),
+            helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]),
+        ],
+    )
+    path = tmp_path_factory.mktemp("model") / "peak.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_segments_are_the_live_detectors(peak_model: Path) -> None:
+    """Tone, noise bursts, silence: the batch segments equal the anger_start/anger_end of feed() + flush()."""
+    rng = np.random.default_rng(1)
+    t = np.arange(16000 * 3) / 16000
+    tone = (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    noise = (0.1 * rng.standard_normal(16000 * 3)).astype(np.float32)
+    x = np.concatenate([tone, noise, tone, np.zeros(32000, np.float32), noise[:20000]])
+    detector = AngerDetector(peak_model, 0.6)
+    events = [e for i in range(0, len(x), 1600) for e in detector.feed(x[i : i + 1600])] + detector.flush()
+    starts = [e.t for e in events if isinstance(e, AngerStart)]
+    ends = [e.t for e in events if isinstance(e, AngerEnd)]
+    result = summarise(detector.score(x), len(x), detector.config)
+    assert len(starts) == 2
+    assert result["segments"] == [[round(a, 3), round(b, 3)] for a, b in zip(starts, ends, strict=True)]
+    assert None in result["windows"] and result["p_max"] > 0.9
+
+
+@pytest.mark.shared
+def test_real_clips_equal_single_file_score(model: Path) -> None:
+    from anger_stream.batch import score_file
+
+    folder = SHARED / "data" / "ased"
+    if not folder.is_dir():
+        pytest.skip(f"needs the project's shared data ({folder}; set ANGER_SHARED)")
+    detector = AngerDetector(model)
+    for path in sorted(folder.glob("angry/*.flac"))[:3]:
+        line = score_file(str(path), str(model), 0.6)
+        expected = detector.score(*read_file(path))
+        got = np.array([np.nan if p is None else p for p in line["windows"]])
+        np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True)
