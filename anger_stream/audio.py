@@ -15,7 +15,6 @@ from __future__ import annotations
 from math import gcd
 
 import numpy as np
-from scipy.signal import resample_poly
 
 SAMPLE_RATE = 16_000
 WINDOW_S = 1.2
@@ -90,6 +89,8 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int = SAMPLE_RATE) -> np.nda
     """Polyphase resampling with exact integer ratios (scipy.signal.resample_poly)."""
     if rate_in == rate_out:
         return np.asarray(x, dtype=np.float32)
+    from scipy.signal import resample_poly  # imported when needed: it costs a noticeable part of start-up
+
     g = gcd(int(rate_in), int(rate_out))
     return resample_poly(x, rate_out // g, rate_in // g).astype(np.float32)
 

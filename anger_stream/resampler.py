@@ -11,13 +11,14 @@ from __future__ import annotations
 from math import ceil, gcd
 
 import numpy as np
-from scipy.signal import firwin, upfirdn
 
 
 class StreamingResampler:
     """Resample a stream from rate_in to rate_out, chunk by chunk."""
 
     def __init__(self, rate_in: int, rate_out: int) -> None:
+        from scipy.signal import firwin  # imported when needed: it costs a noticeable part of start-up
+
         g = gcd(int(rate_in), int(rate_out))
         self.up, self.down = int(rate_out) // g, int(rate_in) // g
         max_rate = max(self.up, self.down)
@@ -47,6 +48,8 @@ class StreamingResampler:
         lo, hi = self._first_input(self._next), self._last_input(stop - 1) + 1
         x = self._history[lo - self._base : hi - self._base]
         x = np.pad(x, (0, hi - lo - len(x)))
+        from scipy.signal import upfirdn
+
         full = upfirdn(self._h, x, self.up, self.down)
         offset = self._next + self._skip - lo * self.up // self.down
         y = full[offset : offset + stop - self._next]
