@@ -1,0 +1,128 @@
+"""Smoke tests of the benchmark's building blocks (no timed assertions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from anger_stream import detector
+from anger_stream.detector import DetectorConfig, Segment, Stream
+from anger_stream.model import AngerModel
+from tools import onnxgraph, proposals
+from tools.fcn import paper_blocks
+from tools.timing import Stats
+
+WINDOW = 19_200
+
+
+def fcn_onnx(widths: tuple[int, int, int] = (32, 64, 128), seed: int = 0) -> onnx.ModelProto:
+    """The paper's network as a hand-built ONNX graph (BN folded) with random weights, like tools.export's."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Unsqueeze", ["audio", "axis"], ["x0"])]
+    inits = [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis")]
+    x = "x0"
+    blocks = paper_blocks(*widths)
+    for i, b in enumerate(blocks):
+        w = (rng.standard_normal((b.cout, b.cin, b.kernel)) / np.sqrt(b.cin * b.kernel)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(b.cout, np.float32), f"b{i}")]
+        attrs = {"kernel_shape": [b.kernel], "strides": [b.stride], "pads": [b.padding, b.padding]}
+        nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], **attrs))
+        x = f"c{i}"
+        if b.bn:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
+            x = f"r{i}"
+        if b.pool > 1:
+            nodes.append(helper.make_node("MaxPool", [x], [f"m{i}"], kernel_shape=[b.pool], strides=[b.pool]))
+            x = f"m{i}"
+    inits.append(numpy_helper.from_array(np.array(1, dtype=np.int64), "one"))
+    nodes += [
+        helper.make_node("Softmax", [x], ["sm"], axis=1),
+        helper.make_node("Gather", ["sm", "one"], ["g"], axis=1),
+        helper.make_node("ReduceMean", ["g"], ["p"], keepdims=0, axes=[-1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fcn",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "fcn.onnx"
+    onnx.save(fcn_onnx(), str(path))
+    return path
+
+
+def test_flops_match_a_hand_count() -> None:
+    # conv1: (19200 + 64 - 64) / 2 + 1 = 9601 steps, 32 x 1 x 64 MACs each; pool 8 -> 1200
+    # conv2: 601 x 64 x 32 x 32; pool -> 75; conv3: 38 x 128 x 64 x 16; pool -> 4
+    # conv4: 3 x 16 x 128 x 8; conv5 (k2, no padding): 2 x 2 x 16 x 2
+    macs = 9601 * 32 * 64 + 601 * 64 * 32 * 32 + 38 * 128 * 64 * 16 + 3 * 16 * 128 * 8 + 2 * 2 * 16 * 2
+    assert onnxgraph.flops_per_window(fcn_onnx(), WINDOW) == 2 * macs
+    assert [c.steps_out for c in onnxgraph.conv_shapes(fcn_onnx(), WINDOW)] == [9601, 601, 38, 3, 2]
+
+
+def test_soundnet8_widths_cost_less() -> None:
+    macs = 9601 * 16 * 64 + 601 * 32 * 16 * 32 + 38 * 64 * 32 * 16 + 3 * 16 * 64 * 8 + 2 * 2 * 16 * 2
+    assert onnxgraph.flops_per_window(fcn_onnx((16, 32, 64)), WINDOW) == 2 * macs
+
+
+def test_blocks_read_back_from_the_graph() -> None:
+    blocks, params = onnxgraph.blocks(fcn_onnx())
+    assert blocks == paper_blocks(32, 64, 128)
+    assert [p.shape for p in params[:2]] == [(32, 1, 64), (32,)]
+
+
+def test_torch_network_agrees_with_onnxruntime(model_path: Path) -> None:
+    import torch
+
+    x = (np.random.default_rng(1).standard_normal((3, WINDOW)) * 25).astype(np.float32)
+    with torch.inference_mode():
+        p_torch = onnxgraph.torch_network(model_path)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(AngerModel(model_path).predict(x), p_torch, atol=1e-5)
+
+
+def test_stats_of_known_samples() -> None:
+    s = Stats.of(np.arange(1, 101, dtype=float), per=2)
+    assert s.n == 100 and s.median == pytest.approx(25.25) and s.p99 == pytest.approx(49.505)
+    assert s.iqr_rel == pytest.approx((75.25 - 25.75) / 2 / 25.25)
+
+
+def test_proposed_score_windows_gives_the_same_results(model_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    config = DetectorConfig()
+    segments = [
+        Segment(0, (0.1 * rng.standard_normal(WINDOW) + 0.05).astype(np.float32)),
+        Segment(1, np.zeros(WINDOW, np.float32)),
+        Segment(2, (1e-4 * rng.standard_normal(WINDOW)).astype(np.float32)),
+        Segment(3, (0.3 * rng.standard_normal(17_000)).astype(np.float32)),
+        Segment(4, (0.02 * rng.standard_normal(WINDOW)).astype(np.float32)),
+    ]
+    model = AngerModel(model_path)
+    p0, l0 = detector.score_windows(model, segments, config)
+    p1, l1 = proposals.score_windows(model, segments, config)
+    np.testing.assert_allclose(l1, l0, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(p1, p0, rtol=0, atol=1e-6)
+    assert np.array_equal(np.isnan(p1), np.isnan(p0))
+
+
+def test_proposed_stream_push_gives_the_same_windows() -> None:
+    x = np.random.default_rng(3).standard_normal(40_000).astype(np.float32)
+    x[100] = np.nan
+    a, b = Stream(DetectorConfig(), 44_100), Stream(DetectorConfig(), 44_100)
+    for chunk in np.array_split(x, 7):
+        a.push(chunk)
+        proposals.stream_push(b, chunk)
+    assert [s.start for s in a.pending] == [s.start for s in b.pending]
+    assert all(np.array_equal(s.audio, t.audio) for s, t in zip(a.pending, b.pending, strict=True))

@@ -1,0 +1,244 @@
+"""Benchmark the anger model and runtime (issue 5): python -m tools.bench [--model M] [--int8 M8] [--quick].
+
+All figures come from one run on this machine and go to docs/benchmarks.md and docs/benchmarks.json:
+single-window latency (onnxruntime vs PyTorch eager vs openSMILE eGeMAPS), batched throughput, FLOP/s
+against the measured matmul peak, offline scoring speed, CLI cold start and RSS, StreamSet capacity,
+and the optimisations table (each change measured before/after, interleaved). --quick is a ~30 s smoke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import soundfile as sf
+
+from anger_stream import audio
+from anger_stream.model import AngerModel
+from anger_stream.streams import StreamSet
+from tools import bench_e2e, peak, proposals
+from tools.bench_report import write_markdown
+from tools.manifest import load_manifest
+from tools.onnxgraph import flops_per_window
+from tools.timing import Stats, interleaved, measure, session
+
+WINDOW = round(audio.WINDOW_S * audio.SAMPLE_RATE)
+HOP = round(audio.HOP_S * audio.SAMPLE_RATE)
+SPEECH = (Path("/work/shared/data/emodb/manifest.csv"), Path("/work/shared/data/ravdess/manifest.csv"))
+BATCHES = (1, 4, 16, 64, 256)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Seconds of measurement per figure; --quick shrinks everything."""
+
+    quick: bool
+
+    def t(self, full: float) -> float:
+        return full / 15 if self.quick else full
+
+
+def environment() -> dict:
+    """CPU, cores, library versions and how busy the machine was."""
+    import opensmile
+    import scipy
+    import torch
+
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    flags = Path("/proc/cpuinfo").read_text()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "avx512_vnni": "avx512_vnni" in flags,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "torch": torch.__version__,
+        "opensmile": opensmile.__version__,
+        "loadavg_start": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def speech(seconds: float, seed: int = 0) -> np.ndarray:
+    """Real speech at 16 kHz: shuffled EmoDB and RAVDESS clips concatenated to `seconds`."""
+    clips = [c for m in SPEECH for c in load_manifest(m, "test")]
+    parts, total = [], 0
+    for i in np.random.default_rng(seed).permutation(len(clips)):
+        x, rate = sf.read(str(clips[i].path), dtype="float32", always_2d=False)
+        parts.append(audio.resample(audio.mixdown(x), rate))
+        total += len(parts[-1])
+        if total >= seconds * audio.SAMPLE_RATE:
+            break
+    return np.concatenate(parts)[: round(seconds * audio.SAMPLE_RATE)]
+
+
+def prepared(x: np.ndarray, n: int) -> np.ndarray:
+    """n distinct prepared windows (the model's input) cut every hop from speech, gated like the runtime."""
+    segs = [x[s : s + WINDOW] for s in range(0, len(x) - WINDOW, HOP)]
+    segs = [s for s in segs if audio.dbfs(s) >= audio.MIN_DBFS]
+    return np.stack([audio.prepare_window(segs[i % len(segs)], WINDOW) for i in range(n)])
+
+
+def run_ort(sess: ort.InferenceSession, x: np.ndarray) -> Callable[[], object]:
+    return lambda: sess.run(None, {"audio": x})
+
+
+def single_window(models: dict[str, Path], x: np.ndarray, b: Budget) -> dict:
+    """Latency of one window on 1 intra-op thread per model, interleaved."""
+    sessions = {name: session(str(path)) for name, path in models.items()}
+    times = interleaved({name: run_ort(s, x[:1]) for name, s in sessions.items()}, b.t(6))
+    return {name: Stats.of(t).as_dict() for name, t in times.items()}
+
+
+def torch_eager(model: Path, x: np.ndarray, b: Budget) -> dict:
+    """PyTorch eager on the ONNX weights (1 thread) vs onnxruntime (1 thread): agreement and latency ratio."""
+    import torch
+
+    from tools.onnxgraph import torch_network
+
+    torch.set_num_threads(1)
+    net = torch_network(model)
+    sess = session(str(model))
+    with torch.inference_mode():
+        p_torch = net(torch.from_numpy(x[:32])).numpy()
+        one = torch.from_numpy(x[:1])
+        times = interleaved({"onnxruntime": run_ort(sess, x[:1]), "torch": lambda: net(one)}, b.t(8))
+    p_ort = sess.run(None, {"audio": x[:32]})[0]
+    ort_s, torch_s = (Stats.of(times[k]) for k in ("onnxruntime", "torch"))
+    return {
+        "max_abs_diff_p": float(np.abs(p_ort - p_torch).max()),
+        "onnxruntime": ort_s.as_dict(),
+        "torch": torch_s.as_dict(),
+        "speedup": torch_s.median / ort_s.median,
+    }
+
+
+def egemaps(model: Path, raw: np.ndarray, x: np.ndarray, b: Budget) -> dict:
+    """openSMILE eGeMAPSv02 functionals of one raw window vs the network on it (1 thread), interleaved."""
+    import opensmile
+
+    smile = opensmile.Smile(opensmile.FeatureSet.eGeMAPSv02, opensmile.FeatureLevel.Functionals)
+    sess = session(str(model))
+    times = interleaved(
+        {"onnxruntime": run_ort(sess, x[:1]), "egemaps": lambda: smile.process_signal(raw, audio.SAMPLE_RATE)},
+        b.t(8),
+    )
+    ort_s, smile_s = Stats.of(times["onnxruntime"]), Stats.of(times["egemaps"])
+    return {"onnxruntime": ort_s.as_dict(), "egemaps": smile_s.as_dict(), "speedup": smile_s.median / ort_s.median}
+
+
+def throughput(models: dict[str, Path], x: np.ndarray, flops: int, b: Budget) -> list[dict]:
+    """Windows/s and real-time streams for each model x threads x batch size."""
+    rows = []
+    for name, path in models.items():
+        for threads in (1, 2):
+            sess = session(str(path), threads)
+            for batch in BATCHES:
+                stats = Stats.of(measure(run_ort(sess, x[:batch]), b.t(1.5), warmup=2, min_n=3), per=batch)
+                rate = 1.0 / stats.median
+                rows.append(
+                    {
+                        "model": name,
+                        "threads": threads,
+                        "batch": batch,
+                        "ms_per_window": stats.median * 1e3,
+                        "p99_ms_per_window": stats.p99 * 1e3,
+                        "iqr_rel": stats.iqr_rel,
+                        "windows_per_s": rate,
+                        "streams": rate * audio.HOP_S,
+                        "gflops": rate * flops / 1e9,
+                    }
+                )
+    return rows
+
+
+def hardware(flops: int, rows: list[dict], b: Budget) -> dict:
+    """Measured matmul peaks (float32: onnxruntime and numpy; int8: MatMulInteger) and achieved/peak."""
+    size = 512 if b.quick else 1024
+    peaks = {}
+    for threads in (1, 2):
+        peaks[f"fp32_ort_{threads}t"] = peak.ort_matmul(size, threads, False, b.t(2))
+        peaks[f"fp32_numpy_{threads}t"] = peak.numpy_matmul(size, threads, b.t(2))
+        peaks[f"int8_ort_{threads}t"] = peak.ort_matmul(size, threads, True, b.t(2))
+    for row in rows:
+        kind = "int8" if row["model"] == "int8" else "fp32"
+        ref = max(v for k, v in peaks.items() if k.startswith(kind) and k.endswith(f"_{row['threads']}t"))
+        row["peak_fraction"] = row["gflops"] * 1e9 / ref
+    return {"flops_per_window": flops, "matmul_size": size, "peak_flops": peaks}
+
+
+def streams(models: dict[str, Path], x: np.ndarray, b: Budget, max_batch: int = 256) -> dict:
+    """StreamSet capacity on 2 threads for each model (end to end: buffers, gating, normalisation, events)."""
+    out = {}
+    for name, path in models.items():
+        model = AngerModel(path, threads=2)
+        out[name] = bench_e2e.capacity(
+            lambda m=model: StreamSet(m, max_batch=max_batch),
+            x,
+            64 if b.quick else 256,
+            2 if b.quick else 5,
+            steps=1 if b.quick else 3,
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=Path("models/anger_fcn.onnx"))
+    ap.add_argument("--int8", type=Path, default=Path("models/anger_fcn.int8.onnx"), help="skipped if missing")
+    ap.add_argument("--quick", action="store_true", help="a ~30 s smoke run")
+    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="writes OUT.md and OUT.json")
+    args = ap.parse_args(argv)
+    b = Budget(args.quick)
+    t_start = time.perf_counter()
+    models = {"fp32": args.model} | ({"int8": args.int8} if args.int8.is_file() else {})
+    model_proto = onnx.load(str(args.model))
+    flops = flops_per_window(model_proto, WINDOW)
+    x16 = speech(90 if args.quick else 240)
+    x = prepared(x16, max(BATCHES))
+    results: dict = {
+        "environment": environment(),
+        "quick": args.quick,
+        "models": {k: str(v) for k, v in models.items()},
+    }
+    results["metadata"] = {p.key: p.value for p in model_proto.metadata_props if p.key in ("variant", "version")}
+    results["flops_per_window"] = flops
+    results["single_window"] = single_window(models, x, b)
+    results["torch"] = torch_eager(args.model, x, b)
+    results["egemaps"] = egemaps(args.model, x16[HOP : HOP + WINDOW], x, b)
+    results["throughput"] = throughput(models, x, flops, b)
+    results["hardware"] = hardware(flops, results["throughput"], b)
+    results["offline"] = bench_e2e.offline(args.model, x16, 60 if args.quick else 600)
+    results["cli"] = bench_e2e.cli(args.model, x16, 1 if args.quick else 3)
+    results["streams"] = streams(models, x16, b)
+    results["optimisations"] = proposals.measure_all(models, x, x16, b.t(1.0), b.quick)
+    results["environment"]["loadavg_end"] = os.getloadavg()
+    results["elapsed_s"] = time.perf_counter() - t_start
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, args.out.with_suffix(".md"))
+    print(f"wrote {args.out}.md and .json in {results['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Quantize the anger model to int8 and gate it on accuracy.
+
+    python -m tools.quantize --manifest ../shared/data/ravdess/manifest.csv \
+        --manifest ../shared/data/ased/manifest.csv [--mode static|dynamic] [--evaluate]
+
+static (default): QDQ, per-channel int8 weights, uint8 activations calibrated (MinMax) on run-time windows
+of the manifests' *train* split, prepared exactly as at run time. dynamic: int8 weights, activations
+quantized per call (ConvInteger). With --evaluate, `tools.evaluate` scores the int8 and the float32 model
+on the same windows of each evaluation set (test split); the int8 model passes if every window AUROC is
+within --tolerance (0.005) of float32. The summary goes to --report; a failing model is deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from anger_stream import audio
+from tools import evaluate
+from tools.manifest import load_manifest
+
+EVAL_SETS = {
+    "ravdess": Path("/work/shared/data/ravdess/manifest.csv"),
+    "ased": Path("/work/shared/data/ased/manifest.csv"),
+    "emodb": Path("/work/shared/data/emodb/manifest.csv"),
+}
+TOLERANCE = 0.005
+
+
+def calibration_windows(manifests: Sequence[Path], n: int, seed: int = 0) -> np.ndarray:
+    """n prepared run-time windows (silence-gated) from random clips of the manifests' train split."""
+    clips = [c for m in manifests for c in load_manifest(m, "train")]
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    for i in rng.permutation(len(clips)):
+        segments, _ = evaluate.clip_segments(clips[i])
+        out += [audio.prepare_window(s, evaluate.WINDOW) for s in segments]
+        if len(out) >= 2 * n:
+            break
+    if not out:
+        raise ValueError("no calibration windows in the train split")
+    return np.stack([out[i] for i in sorted(rng.choice(len(out), min(n, len(out)), replace=False))])
+
+
+class Windows(CalibrationDataReader):
+    """Feeds calibration windows to the quantizer in batches."""
+
+    def __init__(self, windows: np.ndarray, input_name: str = "audio", batch: int = 32) -> None:
+        self._batches = iter([{input_name: windows[i : i + batch]} for i in range(0, len(windows), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize(model: Path, out: Path, mode: str, windows: np.ndarray | None = None) -> None:
+    """Write the int8 model; static mode needs calibration windows."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
+        if mode == "dynamic":
+            quantize_dynamic(pre, out, op_types_to_quantize=["Conv"], per_channel=True, weight_type=QuantType.QInt8)
+            return
+        assert windows is not None
+        quantize_static(
+            pre,
+            out,
+            Windows(windows),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv", "MaxPool", "Relu"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    _copy_metadata(model, out, mode)
+
+
+def _copy_metadata(source: Path, target: Path, mode: str) -> None:
+    """Carry the float model's metadata (thresholds, windowing) over to the quantized file."""
+    import onnx
+
+    src, dst = onnx.load(str(source)), onnx.load(str(target))
+    del dst.metadata_props[:]
+    for p in src.metadata_props:
+        dst.metadata_props.add(key=p.key, value=p.value)
+    dst.metadata_props.add(key="quantization", value=f"int8 {mode} (tools.quantize)")
+    onnx.save(dst, str(target))
+
+
+def gate(model: Path, quantized: Path, sets: dict[str, Path], tolerance: float, workdir: Path) -> dict:
+    """Window AUROC of both models on each set (tools.evaluate, test split) and the pass/fail decision."""
+    results = {}
+    for name, manifest in sets.items():
+        out = workdir / f"{name}.json"
+        argv = ["--model", str(model), "--compare", str(quantized), "--manifest", str(manifest), "--json", str(out)]
+        evaluate.main(argv)
+        r = json.loads(out.read_text())
+        results[name] = {
+            "float32": r["auroc"],
+            "int8": r["compare"]["auroc"],
+            "delta": r["compare"]["auroc"] - r["auroc"],
+            "p_value": r["compare"]["p_value"],
+            "n_windows": r["n_windows"],
+        }
+    passed = all(abs(r["delta"]) <= tolerance for r in results.values())
+    return {"tolerance": tolerance, "passed": passed, "sets": results}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m tools.quantize", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=Path("models/anger_fcn.onnx"))
+    ap.add_argument("--out", type=Path, default=Path("models/anger_fcn.int8.onnx"))
+    ap.add_argument("--manifest", type=Path, action="append", default=[], help="calibration corpus (train split)")
+    ap.add_argument("--mode", choices=("static", "dynamic"), default="static")
+    ap.add_argument("--windows", type=int, default=512, help="calibration windows")
+    ap.add_argument("--evaluate", action="store_true", help="gate on window AUROC (tools.evaluate)")
+    ap.add_argument("--tolerance", type=float, default=TOLERANCE)
+    ap.add_argument("--report", type=Path, default=Path("docs/quantize.json"))
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.mode == "static" and not args.manifest:
+        raise SystemExit("error: static quantization needs --manifest (calibration data)")
+    windows = calibration_windows(args.manifest, args.windows) if args.mode == "static" else None
+    quantize(args.model, args.out, args.mode, windows)
+    print(f"wrote {args.out} ({args.mode}, {0 if windows is None else len(windows)} calibration windows)")
+    if not args.evaluate:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        result = gate(args.model, args.out, EVAL_SETS, args.tolerance, Path(tmp))
+    result.update(model=str(args.model), quantized=str(args.out), mode=args.mode, calibration_windows=args.windows)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(result, indent=2) + "\n")
+    for name, r in result["sets"].items():
+        print(f"{name}: float32 {r['float32']:.4f}  int8 {r['int8']:.4f}  delta {r['delta']:+.4f}")
+    if not result["passed"]:
+        args.out.unlink()
+        sys.exit(f"int8 model rejected: an AUROC moved by more than {args.tolerance}; deleted {args.out}")
+    print("int8 model passes the accuracy gate")
+
+
+if __name__ == "__main__":
+    main()
