@@ -10,7 +10,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -174,16 +176,16 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
             client.wait_for_workers(1, timeout=60)
             yield client
         return
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    # Ctrl-C reaches the whole process group: the worker processes inherit "ignore SIGINT" (no tracebacks
+    # from them) and this process shuts them down.
+    on_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        )
+    finally:
+        signal.signal(signal.SIGINT, on_sigint)
+    with cluster, Client(cluster) as client:
         yield client
 
 
@@ -193,9 +195,10 @@ def run(
     model: str | None,
     threshold: float,
     write: Callable[[dict[str, Any]], None],
+    stopped: Callable[[], bool] = lambda: False,
 ) -> None:
     """Score `paths` on the cluster, at most a few tasks per worker thread in flight, calling `write` with
-    each record as it completes (in completion order)."""
+    each record as it completes (in completion order), until done or `stopped()`."""
     from distributed import as_completed
 
     todo = iter(paths)
@@ -222,6 +225,8 @@ def run(
             line = error_record(path, threshold, f"{type(exc).__name__}: {exc}".splitlines()[0])
         future.release()
         write(line)
+        if stopped():
+            return
         submit()
 
 
@@ -263,7 +268,7 @@ def batch(
         str | None, typer.Option(help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local one).")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help=f"Worker processes of the local cluster [default: {DEFAULT_WORKERS}].")
+        int | None, typer.Option(min=1, help=f"Worker processes of the local cluster (default: {DEFAULT_WORKERS}).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip recordings already in --out; append.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
@@ -272,8 +277,8 @@ def batch(
 ) -> None:
     """Score an archive of recordings on a Dask cluster: one JSON line per recording in --out.
 
-    Exit codes: 0 every recording scored, 3 some failed (their lines have "error") or none found,
-    2 usage (bad options, scheduler unreachable), 5 model error, 130 interrupted (rerun with --resume).
+    Exit codes: 0 all scored; 3 some failed (see their "error") or none found; 2 usage or scheduler unreachable;
+    5 model error; 130 interrupted (rerun with --resume).
     """
     from .cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail
 
@@ -297,7 +302,16 @@ def batch(
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
 
-    failed = 0
+    failed, stop = 0, threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        """Ctrl-C or SIGTERM: stop after the result at hand (a second one stops at once)."""
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         with (
             connect(scheduler, workers or DEFAULT_WORKERS) as client,
@@ -312,12 +326,14 @@ def batch(
                 sink.flush()
                 advance(line)
 
-            run(client, todo, model_path, threshold, write)
+            run(client, todo, model_path, threshold, write, stop.is_set)
     except KeyboardInterrupt:
-        fail(f"interrupted: the finished recordings are in {out}; rerun with --resume", EXIT_INTERRUPTED)
+        stop.set()
     except ModelError as exc:
         fail(f"on a worker: {exc}", EXIT_MODEL)
     except OSError as exc:  # scheduler unreachable, no workers joined, output not writable
         fail(f"{exc}".splitlines()[0] or type(exc).__name__, EXIT_USAGE)
+    if stop.is_set():
+        fail(f"interrupted: the finished recordings are in {out}; rerun with --resume", EXIT_INTERRUPTED)
     if failed:
         fail(f'{failed} of {len(todo)} recordings could not be scored (see their "error" in {out})', EXIT_INPUT)

@@ -110,7 +110,7 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
     path: Annotated[str | None, typer.Option(help="With batch results: the recording to draw (path or name).")] = None,
     threshold: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry [default: 0.6].")
+        float | None, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry (default: 0.6).")
     ] = None,
     model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
 ) -> None:

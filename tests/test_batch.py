@@ -139,6 +139,32 @@ def test_resume_after_a_crash_appends_only_the_missing(
     assert len(lines) == 9 and set(read_lines(out)) == GOOD | BAD
 
 
+def test_ctrl_c_keeps_the_finished_lines(clips: Path, model: Path, tmp_path: Path) -> None:
+    """SIGINT to the whole process group (as a terminal sends it): exit 130, whole lines, no tracebacks."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i in range(80):
+        (archive / f"call{i:03d}.wav").symlink_to(clips / "speech16k.wav")
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.Popen(
+        [str(BIN / "anger-stream"), "batch", str(archive), "--out", str(out), "--model", str(model)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a foreground job has it
+    )
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, stderr
+    assert_clean_stderr(stderr)
+    assert "rerun with --resume" in stderr
+    lines = read_lines(out)
+    assert 2 <= len(lines) < 80 and all(r["error"] is None for r in lines.values())
+
+
 @pytest.fixture
 def dask_cluster(tmp_path: Path) -> str:
     """A `dask scheduler` and a `dask worker` as separate processes on loopback; yields the address."""
