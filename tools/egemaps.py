@@ -60,7 +60,7 @@ def cached_features(
     clips = load_clips([manifest], split)
     channel = "mulaw8k" if telephone else "16k"
     path = cache / f"{clips[0].corpus}-{split}-{channel}{'' if level else '-normalised'}.npz"
-    paths = np.array([str(c.path) for c in clips])
+    paths = np.array([c.path.relative_to(manifest.parent).as_posix() for c in clips])
     if path.is_file():
         saved = np.load(path)
         if np.array_equal(saved["paths"], paths):
