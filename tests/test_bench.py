@@ -112,9 +112,8 @@ def test_proposed_score_windows_gives_the_same_results(model_path: Path) -> None
     model = AngerModel(model_path)
     p0, l0 = detector.score_windows(model, segments, config)
     p1, l1 = proposals.score_windows(model, segments, config)
-    np.testing.assert_allclose(l1, l0, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(p1, p0, rtol=0, atol=1e-6)
-    assert np.array_equal(np.isnan(p1), np.isnan(p0))
+    np.testing.assert_array_equal(l1, l0)
+    np.testing.assert_array_equal(p1, p0)
 
 
 def test_proposed_stream_push_gives_the_same_windows() -> None:
