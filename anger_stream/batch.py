@@ -197,12 +197,12 @@ def run(
     write: Callable[[dict[str, Any]], None],
     stopped: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Score `paths` on the cluster, at most a few tasks per worker thread in flight, calling `write` with
-    each record as it completes (in completion order), until done or `stopped()`."""
+    """Score `paths` on the cluster, calling `write` with each record as it completes (in completion order),
+    until done or `stopped()`. A bounded number of tasks is in flight, whatever the size of the archive."""
     from distributed import as_completed
 
     todo = iter(paths)
-    in_flight = max(4 * sum(client.nthreads().values()), 16)
+    in_flight = max(4 * sum(client.nthreads().values()), 64)
     pending: dict[Any, str] = {}
     queue = as_completed()
 
