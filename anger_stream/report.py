@@ -57,14 +57,18 @@ def draw(record: dict[str, Any], samples: np.ndarray, rate: int, threshold: floa
     level_ax, p_ax = fig.subplots(2, 1, sharex=True, height_ratios=(2, 3))
 
     times, levels = frame_levels(samples, rate)
-    level_ax.plot(times, levels, color="0.35", linewidth=0.8)
+    floor = max(min(levels.min(initial=0.0), config.min_dbfs) - 5, -100)
+    level_ax.plot(times, np.maximum(levels, floor), color="0.35", linewidth=0.8)  # silence at the bottom
     level_ax.axhline(config.min_dbfs, color="0.6", linestyle=":", linewidth=1, label="silence gate")
-    level_ax.set_ylim(max(min(levels.min(initial=0.0), config.min_dbfs) - 5, -100), 0)
+    level_ax.set_ylim(floor, 0)
     level_ax.set_ylabel("level (dBFS)")
     level_ax.legend(loc="lower right", fontsize="small")
 
     p = np.array([np.nan if v is None else v for v in record["windows"]], dtype=float)
-    p_ax.plot(window_centres(len(p), duration, config), p, color="tab:blue", marker="o", markersize=3, label="p(anger)")
+    marker = "o" if len(p) <= 300 else None  # dots only while they stay apart
+    p_ax.plot(
+        window_centres(len(p), duration, config), p, color="tab:blue", marker=marker, markersize=3, label="p(anger)"
+    )
     p_ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     for i, (t0, t1) in enumerate(record["segments"]):
         level_ax.axvspan(t0, t1, color="tab:red", alpha=0.18, linewidth=0)
@@ -90,7 +94,10 @@ def draw(record: dict[str, Any], samples: np.ndarray, rate: int, threshold: floa
 def summary_line(record: dict[str, Any]) -> str:
     """E.g. 'call.wav: 3:12, 14% of speech angry, peak p 0.93, 2 anger segments'."""
     share, peak, n = record["angry_share"], record["p_max"], len(record["segments"])
-    speech = "no speech scored" if share is None else f"{share:.0%} of speech angry, peak p {peak:.2f}"
+    if share is not None:
+        speech = f"{share:.0%} of speech angry, peak p {peak:.2f}"
+    else:
+        speech = "silent: no window scored" if record["windows"] else "too short to score"
     return f"{Path(record['path']).name}: {_duration(record['duration'])}, {speech}, {n} anger segment{'s' * (n != 1)}"
 
 
