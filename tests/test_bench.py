@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from anger_stream import detector
 from anger_stream.detector import DetectorConfig, Segment, Stream
 from anger_stream.model import AngerModel
+from anger_stream.streams import StreamSet
 from tools import onnxgraph, proposals
 from tools.fcn import paper_blocks
 from tools.timing import Stats
@@ -116,12 +117,37 @@ def test_proposed_score_windows_gives_the_same_results(model_path: Path) -> None
     np.testing.assert_array_equal(p1, p0)
 
 
-def test_proposed_stream_push_gives_the_same_windows() -> None:
+def test_fast_stream_push_gives_the_same_windows() -> None:
     x = np.random.default_rng(3).standard_normal(40_000).astype(np.float32)
     x[100] = np.nan
-    a, b = Stream(DetectorConfig(), 44_100), Stream(DetectorConfig(), 44_100)
+    a, b = Stream(DetectorConfig(), 44_100), proposals.FastStream(DetectorConfig(), 44_100)
     for chunk in np.array_split(x, 7):
         a.push(chunk)
-        proposals.stream_push(b, chunk)
+        b.push(chunk)
     assert [s.start for s in a.pending] == [s.start for s in b.pending]
     assert all(np.array_equal(s.audio, t.audio) for s, t in zip(a.pending, b.pending, strict=True))
+
+
+def test_proposed_stream_set_gives_the_same_events(model_path: Path) -> None:
+    model = AngerModel(model_path)
+    current = StreamSet(model)
+    proposed = proposals.ProposedStreamSet(model, max_batch=3, workers=2, fast_push=True, fast_score=True)
+    rng = np.random.default_rng(4)
+    audio_by_stream = {i: (0.1 * i * rng.standard_normal(60_000)).astype(np.float32) for i in range(5)}
+    results = []
+    for streams in (current, proposed):
+        out: dict = {i: [] for i in audio_by_stream}
+        for i in audio_by_stream:
+            streams.add(i)
+        for chunk in range(0, 60_000, 7_000):
+            for i, x in audio_by_stream.items():
+                streams.push(i, x[chunk : chunk + 7_000])
+            for i, events in streams.tick().items():
+                out[i] += events
+        for i in audio_by_stream:
+            streams.end(i)
+        for i, events in streams.tick().items():
+            out[i] += events
+        results.append(out)
+    assert results[0] == results[1]
+    assert sum(len(v) for v in results[0].values()) > 20

@@ -25,10 +25,11 @@ import soundfile as sf
 from anger_stream import audio
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
-from tools import bench_e2e, peak, proposals
+from tools import bench_e2e, bench_opt, peak
 from tools.bench_report import write_markdown
 from tools.manifest import load_manifest
 from tools.onnxgraph import flops_per_window
+from tools.proposals import ProposedStreamSet
 from tools.timing import Stats, interleaved, measure, session
 
 WINDOW = round(audio.WINDOW_S * audio.SAMPLE_RATE)
@@ -187,18 +188,19 @@ def hardware(flops: int, rows: list[dict], b: Budget) -> dict:
     return {"flops_per_window": flops, "matmul_size": size, "peak_flops": peaks}
 
 
-def streams(models: dict[str, Path], x: np.ndarray, b: Budget, max_batch: int = 256) -> dict:
-    """StreamSet capacity on 2 threads for each model (end to end: buffers, gating, normalisation, events)."""
+def streams(models: dict[str, Path], x: np.ndarray, b: Budget) -> dict:
+    """StreamSet capacity on 2 cores per model: the current StreamSet and with all proposals applied."""
     out = {}
     for name, path in models.items():
-        model = AngerModel(path, threads=2)
-        out[name] = bench_e2e.capacity(
-            lambda m=model: StreamSet(m, max_batch=max_batch),
-            x,
-            64 if b.quick else 256,
-            2 if b.quick else 5,
-            steps=1 if b.quick else 3,
-        )
+        two, one = AngerModel(path, threads=2), AngerModel(path, threads=1)
+        variants: dict[str, Callable[[], StreamSet]] = {
+            "current": lambda m=two: StreamSet(m),
+            "proposed": lambda m=one: ProposedStreamSet(m, 4, 2, fast_push=True, fast_score=True),
+        }
+        for variant, make in variants.items():
+            out[f"{name} {variant}"] = bench_e2e.capacity(
+                make, x, 64 if b.quick else 256, 2 if b.quick else 5, steps=1 if b.quick else 3
+            )
     return out
 
 
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     results["offline"] = bench_e2e.offline(args.model, x16, 60 if args.quick else 600)
     results["cli"] = bench_e2e.cli(args.model, x16, 1 if args.quick else 3)
     results["streams"] = streams(models, x16, b)
-    results["optimisations"] = proposals.measure_all(models, x, x16, b.t(1.0), b.quick)
+    results["optimisations"] = bench_opt.measure_all(models, x, x16, b.t(1.0), b.quick)
     results["environment"]["loadavg_end"] = os.getloadavg()
     results["elapsed_s"] = time.perf_counter() - t_start
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,133 @@
+"""The optimisations table: each change measured before/after in the same run, alternating between them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from anger_stream import audio
+from anger_stream.detector import AngerDetector
+from anger_stream.model import AngerModel
+from anger_stream.streams import StreamSet
+from tools.bench_e2e import StreamLoad
+from tools.proposals import ProposedStreamSet, SmallBatchDetector, TunedModel
+from tools.timing import Stats, interleaved, session
+
+
+def row(change: str, unit: str, before: list[float], after: list[float], scale: float = 1e3) -> dict:
+    """One table row from two samples of times (medians, scaled to `unit`)."""
+    b, a = Stats.of(before), Stats.of(after)
+    return {
+        "change": change,
+        "unit": unit,
+        "before": b.median * scale,
+        "after": a.median * scale,
+        "speedup": b.median / a.median,
+    }
+
+
+def session_rows(models: dict[str, str], x: np.ndarray, seconds: float) -> list[dict]:
+    """onnxruntime options: graph optimisation, spinning, threads, batch size; int8 vs float32."""
+    fp32 = models["fp32"]
+    level = ort.GraphOptimizationLevel
+
+    def run(s: ort.InferenceSession, n: int) -> Callable[[], object]:
+        return lambda: s.run(None, {"audio": x[:n]})
+
+    s_off, s_basic, s_all = (
+        session(fp32, 1, level=v) for v in (level.ORT_DISABLE_ALL, level.ORT_ENABLE_BASIC, level.ORT_ENABLE_ALL)
+    )
+    t = interleaved({"off": run(s_off, 1), "basic": run(s_basic, 1), "all": run(s_all, 1)}, seconds * 3)
+    rows = [
+        row("graph optimisation off -> ENABLE_BASIC (fp32, 1 window, 1 thread)", "ms", t["off"], t["basic"]),
+        row("ENABLE_BASIC -> ENABLE_ALL (current; Conv+ReLU fusion, NCHWc)", "ms", t["basic"], t["all"]),
+    ]
+    for name, path in models.items():
+        one = session(path, 1)
+        t = interleaved({"256": run(one, 256), "4": run(one, 4)}, seconds * 2)
+        per_window = [v / 256 for v in t["256"]], [v / 4 for v in t["4"]]
+        rows.append(row(f"batch 256 -> 4 ({name}, 1 thread)", "ms/window", *per_window))
+    for n in (1, 16):
+        spin, calm = session(fp32, 2, True), session(fp32, 2, False)
+        t = interleaved({"spin": run(spin, n), "calm": run(calm, n)}, seconds * 2)
+        rows.append(row(f"intra-op spinning on -> off (fp32, 2 threads, batch {n})", "ms/call", t["spin"], t["calm"]))
+    for n in (1, 4, 256):
+        one, two = session(fp32, 1), session(fp32, 2)
+        t = interleaved({"1": run(one, n), "2": run(two, n)}, seconds * 2)
+        rows.append(row(f"1 -> 2 intra-op threads (fp32, batch {n})", "ms/call", t["1"], t["2"]))
+    if "int8" in models:
+        t = interleaved({"fp32": run(s_all, 1), "int8": run(session(models["int8"], 1), 1)}, seconds * 2)
+        rows.append(row("float32 -> static int8 QDQ per-channel (1 window, 1 thread)", "ms", t["fp32"], t["int8"]))
+    return rows
+
+
+def streamset_rows(name: str, path: str, x16: np.ndarray, n: int, cycles: int) -> list[dict]:
+    """The proposed StreamSet changes, cumulative, at n streams: cycle time (push + tick) per stream."""
+    two, one = AngerModel(path, threads=2), AngerModel(path, threads=1)
+    steps: list[tuple[str, Callable[[], StreamSet]]] = [
+        ("current StreamSet (2 intra-op threads, max_batch 256)", lambda: StreamSet(two)),
+        ("Stream.push: nan_to_num only when needed", lambda: ProposedStreamSet(two, fast_push=True)),
+        (
+            "score_windows: level and normalisation from one centred copy",
+            lambda: ProposedStreamSet(two, fast_push=True, fast_score=True),
+        ),
+        ("StreamSet max_batch 256 -> 4", lambda: ProposedStreamSet(two, 4, fast_push=True, fast_score=True)),
+        (
+            "2 worker threads x 1-thread session instead of 2 intra-op threads",
+            lambda: ProposedStreamSet(one, 4, 2, fast_push=True, fast_score=True),
+        ),
+    ]
+    loads = [StreamLoad(make(), x16, n) for _, make in steps]
+    for load in loads:
+        load.cycle()
+        load.cycle()
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(cycles):
+        for load, t in zip(loads, times, strict=True):
+            t.append(sum(load.cycle()[:2]) / n)
+    return [
+        row(f"{name} StreamSet, {n} streams: {steps[i][0]}", "us/stream", times[i - 1], times[i], 1e6)
+        for i in range(1, len(steps))
+    ] + [row(f"{name} StreamSet, {n} streams: all of the above", "us/stream", times[0], times[-1], 1e6)]
+
+
+def spinning_row(path: str, x16: np.ndarray, n: int, cycles: int) -> dict:
+    """Intra-op spinning off for the current StreamSet on 2 threads."""
+    loads = {k: StreamLoad(StreamSet(TunedModel(path, 2, k == "spin")), x16, n) for k in ("spin", "calm")}
+    times: dict[str, list[float]] = {k: [] for k in loads}
+    for load in loads.values():
+        load.cycle()
+        load.cycle()
+    for _ in range(cycles):
+        for k, load in loads.items():
+            times[k].append(sum(load.cycle()[:2]) / n)
+    return row(f"current StreamSet, {n} streams: intra-op spinning off", "us/stream", times["spin"], times["calm"], 1e6)
+
+
+def offline_row(path: str, x16: np.ndarray, seconds: float) -> dict:
+    """AngerDetector.score on `seconds` of 16 kHz speech: batches of 64 (current) -> 4 windows."""
+    x = np.tile(x16, int(np.ceil(seconds * audio.SAMPLE_RATE / len(x16))))[: round(seconds * audio.SAMPLE_RATE)]
+    model = AngerModel(path)
+    current, small = AngerDetector(model), SmallBatchDetector(model, 4)
+    times: dict[str, list[float]] = {"64": [], "4": []}
+    for _ in range(3):
+        for k, det in (("64", current), ("4", small)):
+            t0 = time.perf_counter()
+            det.score(x)
+            times[k].append(time.perf_counter() - t0)
+    return row(f"AngerDetector.score batches 64 -> 4 ({seconds:.0f} s of audio)", "s", times["64"], times["4"], 1)
+
+
+def measure_all(models: dict, x: np.ndarray, x16: np.ndarray, seconds: float, quick: bool) -> list[dict]:
+    """Every row of the optimisations table."""
+    paths = {k: str(v) for k, v in models.items()}
+    n, cycles = (64, 2) if quick else (400, 5)
+    rows = session_rows(paths, x, seconds)
+    for name, path in paths.items():
+        rows += streamset_rows(name, path, x16, n, cycles)
+    rows.append(spinning_row(paths["fp32"], x16, n, cycles))
+    rows.append(offline_row(paths["fp32"], x16, 30 if quick else 120))
+    return rows
