@@ -14,7 +14,6 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,22 +29,12 @@ from tools.bench_report import write_markdown
 from tools.manifest import load_manifest
 from tools.onnxgraph import flops_per_window
 from tools.proposals import ProposedStreamSet
-from tools.timing import Stats, interleaved, measure, session
+from tools.timing import Budget, Stats, interleaved, measure, session
 
 WINDOW = round(audio.WINDOW_S * audio.SAMPLE_RATE)
 HOP = round(audio.HOP_S * audio.SAMPLE_RATE)
 SPEECH = (Path("/work/shared/data/emodb/manifest.csv"), Path("/work/shared/data/ravdess/manifest.csv"))
 BATCHES = (1, 4, 16, 64, 256)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Seconds of measurement per figure; --quick shrinks everything."""
-
-    quick: bool
-
-    def t(self, full: float) -> float:
-        return full / 15 if self.quick else full
 
 
 def environment() -> dict:
@@ -154,7 +143,7 @@ def throughput(models: dict[str, Path], x: np.ndarray, flops: int, b: Budget) ->
     for name, path in models.items():
         for threads in (1, 2):
             sess = session(str(path), threads)
-            for batch in BATCHES:
+            for batch in BATCHES[:4] if b.quick else BATCHES:
                 stats = Stats.of(measure(run_ort(sess, x[:batch]), b.t(1.5), warmup=2, min_n=3), per=batch)
                 rate = 1.0 / stats.median
                 rows.append(
@@ -188,14 +177,27 @@ def hardware(flops: int, rows: list[dict], b: Budget) -> dict:
     return {"flops_per_window": flops, "matmul_size": size, "peak_flops": peaks}
 
 
-def streams(models: dict[str, Path], x: np.ndarray, b: Budget) -> dict:
+def best_small_batch(rows: list[dict]) -> dict[str, int]:
+    """Per model, the batch size of at most 4 with the most windows/s on 1 thread (the proposed max_batch)."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if (
+            r["threads"] == 1
+            and r["batch"] <= 4
+            and r["windows_per_s"] > best.get(r["model"], {}).get("windows_per_s", 0)
+        ):
+            best[r["model"]] = r
+    return {name: r["batch"] for name, r in best.items()}
+
+
+def streams(models: dict[str, Path], x: np.ndarray, batches: dict[str, int], b: Budget) -> dict:
     """StreamSet capacity on 2 cores per model: the current StreamSet and with all proposals applied."""
     out = {}
     for name, path in models.items():
         two, one = AngerModel(path, threads=2), AngerModel(path, threads=1)
         variants: dict[str, Callable[[], StreamSet]] = {
             "current": lambda m=two: StreamSet(m),
-            "proposed": lambda m=one: ProposedStreamSet(m, 4, 2, fast_push=True, fast_score=True),
+            "proposed": lambda m=one, n=batches[name]: ProposedStreamSet(m, n, 2, fast_push=True, fast_score=True),
         }
         for variant, make in variants.items():
             out[f"{name} {variant}"] = bench_e2e.capacity(
@@ -230,10 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     results["egemaps"] = egemaps(args.model, x16[HOP : HOP + WINDOW], x, b)
     results["throughput"] = throughput(models, x, flops, b)
     results["hardware"] = hardware(flops, results["throughput"], b)
-    results["offline"] = bench_e2e.offline(args.model, x16, 60 if args.quick else 600)
+    results["offline"] = bench_e2e.offline(args.model, x16, 30 if args.quick else 600)
     results["cli"] = bench_e2e.cli(args.model, x16, 1 if args.quick else 3)
-    results["streams"] = streams(models, x16, b)
-    results["optimisations"] = bench_opt.measure_all(models, x, x16, b.t(1.0), b.quick)
+    results["proposed_max_batch"] = best_small_batch(results["throughput"])
+    results["streams"] = streams(models, x16, results["proposed_max_batch"], b)
+    results["optimisations"] = bench_opt.measure_all(models, x, x16, results["proposed_max_batch"], b)
     results["environment"]["loadavg_end"] = os.getloadavg()
     results["elapsed_s"] = time.perf_counter() - t_start
     args.out.parent.mkdir(parents=True, exist_ok=True)

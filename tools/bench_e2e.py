@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from anger_stream.streams import StreamSet
 
 HOP_S = audio.HOP_S
 HOP = round(audio.HOP_S * audio.SAMPLE_RATE)
+SINK = "bench_vmic"
 
 
 def offline(model: Path, speech: np.ndarray, seconds: float, rate: int = 44_100) -> dict:
@@ -107,6 +110,61 @@ def _feed(pipe, data: bytes) -> None:  # noqa: ANN001 (a binary pipe)
         pass
 
 
+@contextmanager
+def virtual_microphone() -> Iterator[dict[str, str]]:
+    """A private PulseAudio daemon whose default source is a 16 kHz null sink's monitor (as tests/test_microphone)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        socket = Path(tmp) / "native"
+        config = Path(tmp) / "vmic.pa"
+        config.write_text(
+            f"load-module module-native-protocol-unix auth-anonymous=1 socket={socket}\n"
+            f"load-module module-null-sink sink_name={SINK} format=s16le rate=16000 channels=1 norewinds=1\n"
+            f"set-default-source {SINK}.monitor\n"
+        )
+        env = {**os.environ, "PULSE_RUNTIME_PATH": str(Path(tmp) / "run"), "PULSE_SERVER": f"unix:{socket}"}
+        args = ["-n", "-F", str(config), "--daemonize=no", "--exit-idle-time=-1", "--realtime=no", "--disallow-exit"]
+        daemon = subprocess.Popen(["pulseaudio", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("pulseaudio did not start")
+                time.sleep(0.1)
+            yield env
+        finally:
+            daemon.kill()
+            daemon.wait()
+
+
+def mic_run(model: Path, speech: np.ndarray, windows: int = 6) -> dict:
+    """The CLI on the (virtual) microphone while speech plays into it: first window beyond 1.2 s, peak RSS."""
+    exe = Path(sys.executable).with_name("anger-stream")
+    with virtual_microphone() as env, tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "speech.wav"
+        sf.write(wav, speech[: 20 * audio.SAMPLE_RATE], audio.SAMPLE_RATE, subtype="PCM_16")
+        player = subprocess.Popen(["paplay", f"--device={SINK}", str(wav)], env=env)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [str(exe), "--quiet", "--model", str(model)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        assert proc.stdout is not None
+        first, seen, hwm, rss = None, 0, None, None
+        for line in proc.stdout:
+            if b'"window"' in line:
+                seen += 1
+                first = first if first is not None else time.perf_counter() - t0
+                if seen == windows:
+                    hwm, rss = _vm(proc.pid, "VmHWM"), _vm(proc.pid, "VmRSS")
+                    break
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+        player.kill()
+        player.wait()
+    if first is None:
+        raise RuntimeError("the CLI printed no window from the microphone")
+    return {"first_window_s": first, "cold_start_s": first - audio.WINDOW_S, "vm_hwm_mb": _mb(hwm), "rss_mb": _mb(rss)}
+
+
 def startup_parts(model: Path, reps: int) -> dict:
     """Median seconds of: bare interpreter, importing the CLI, importing it and loading the model."""
     snippets = {
@@ -130,6 +188,10 @@ def cli(model: Path, speech: np.ndarray, reps: int) -> dict:
     out = {k: float(np.median([r[k] for r in runs])) for k in runs[0] if runs[0][k] is not None}
     out["runs"] = runs
     out["parts"] = startup_parts(model, reps)
+    try:
+        out["microphone"] = mic_run(model, speech)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        out["microphone"] = {"error": str(exc)}
     return out
 
 

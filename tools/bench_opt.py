@@ -14,7 +14,7 @@ from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
 from tools.bench_e2e import StreamLoad
 from tools.proposals import ProposedStreamSet, SmallBatchDetector, TunedModel
-from tools.timing import Stats, interleaved, session
+from tools.timing import Budget, Stats, interleaved, session
 
 
 def row(change: str, unit: str, before: list[float], after: list[float], scale: float = 1e3) -> dict:
@@ -64,7 +64,7 @@ def session_rows(models: dict[str, str], x: np.ndarray, seconds: float) -> list[
     return rows
 
 
-def streamset_rows(name: str, path: str, x16: np.ndarray, n: int, cycles: int) -> list[dict]:
+def streamset_rows(name: str, path: str, x16: np.ndarray, batch: int, n: int, cycles: int) -> list[dict]:
     """The proposed StreamSet changes, cumulative, at n streams: cycle time (push + tick) per stream."""
     two, one = AngerModel(path, threads=2), AngerModel(path, threads=1)
     steps: list[tuple[str, Callable[[], StreamSet]]] = [
@@ -74,7 +74,7 @@ def streamset_rows(name: str, path: str, x16: np.ndarray, n: int, cycles: int) -
             "score_windows: level and normalisation from one centred copy",
             lambda: ProposedStreamSet(two, fast_push=True, fast_score=True),
         ),
-        ("StreamSet max_batch 256 -> 4", lambda: ProposedStreamSet(two, 4, fast_push=True, fast_score=True)),
+        (f"StreamSet max_batch 256 -> {batch}", lambda: ProposedStreamSet(two, batch, fast_push=True, fast_score=True)),
         (
             "2 worker threads x 1-thread session instead of 2 intra-op threads",
             lambda: ProposedStreamSet(one, 4, 2, fast_push=True, fast_score=True),
@@ -121,13 +121,13 @@ def offline_row(path: str, x16: np.ndarray, seconds: float) -> dict:
     return row(f"AngerDetector.score batches 64 -> 4 ({seconds:.0f} s of audio)", "s", times["64"], times["4"], 1)
 
 
-def measure_all(models: dict, x: np.ndarray, x16: np.ndarray, seconds: float, quick: bool) -> list[dict]:
-    """Every row of the optimisations table."""
+def measure_all(models: dict, x: np.ndarray, x16: np.ndarray, batches: dict[str, int], b: Budget) -> list[dict]:
+    """Every row of the optimisations table; `batches`: the proposed StreamSet max_batch per model."""
     paths = {k: str(v) for k, v in models.items()}
-    n, cycles = (64, 2) if quick else (400, 5)
-    rows = session_rows(paths, x, seconds)
+    n, cycles = (64, 2) if b.quick else (400, 5)
+    rows = session_rows(paths, x, b.t(1.0))
     for name, path in paths.items():
-        rows += streamset_rows(name, path, x16, n, cycles)
+        rows += streamset_rows(name, path, x16, batches[name], n, cycles)
     rows.append(spinning_row(paths["fp32"], x16, n, cycles))
-    rows.append(offline_row(paths["fp32"], x16, 30 if quick else 120))
+    rows.append(offline_row(paths["fp32"], x16, 10 if b.quick else 120))
     return rows

@@ -30,9 +30,15 @@ def targets(r: dict) -> list[list[str]]:
         ("fp32 achieved >= 60% of matmul peak (best config)", 100 * best["fp32"], 60.0, ">="),
         ("StreamSet fp32 >= 800 streams (current)", streams["fp32 current"], 800, ">="),
         ("StreamSet fp32 >= 800 streams (proposed)", streams["fp32 proposed"], 800, ">="),
-        ("CLI cold start <= 1.0 s beyond 1.2 s", r["cli"]["cold_start_s"], 1.0, "<="),
-        ("RSS <= 120 MB while streaming", r["cli"]["vm_hwm_mb"], 120.0, "<="),
+        ("CLI cold start <= 1.0 s beyond 1.2 s (stdin)", r["cli"]["cold_start_s"], 1.0, "<="),
+        ("RSS <= 120 MB while streaming (stdin)", r["cli"]["vm_hwm_mb"], 120.0, "<="),
     ]
+    mic = r["cli"]["microphone"]
+    if "error" not in mic:
+        checks += [
+            ("CLI cold start <= 1.0 s beyond 1.2 s (microphone)", mic["cold_start_s"], 1.0, "<="),
+            ("RSS <= 120 MB while streaming from the microphone", mic["vm_hwm_mb"], 120.0, "<="),
+        ]
     if "int8" in sw:
         checks += [
             ("single window int8 median <= 0.3 ms", sw["int8"]["median"] * 1e3, 0.3, "<="),
@@ -51,6 +57,15 @@ def targets(r: dict) -> list[list[str]]:
             ]
         )
     return out
+
+
+def _mic_rows(mic: dict) -> list[list[str]]:
+    if "error" in mic:
+        return [["microphone", f"not measured: {mic['error']}"]]
+    return [
+        ["microphone: cold start beyond 1.2 s", f"{mic['cold_start_s']:.3f} s"],
+        ["microphone: peak RSS (VmHWM)", f"{mic['vm_hwm_mb']:.0f} MB"],
+    ]
 
 
 def write_markdown(r: dict, path: Path) -> None:
@@ -144,15 +159,19 @@ def write_markdown(r: dict, path: Path) -> None:
         "",
         "## CLI cold start and memory",
         "",
-        "`anger-stream --input - --realtime --quiet` fed s16le speech: time from process start to the first window "
-        "line minus the window's 1.2 s of audio; peak RSS (VmHWM) after 6 windows of streaming "
-        f"(median of {len(r['cli']['runs'])} runs).",
+        "stdin: `anger-stream --input - --realtime --quiet` fed s16le speech; microphone: `anger-stream --quiet` "
+        "on the default input of a private PulseAudio daemon (a 16 kHz null sink's monitor) while `paplay` plays "
+        "speech into it (one run). Cold start: process start to the first window line, minus the window's "
+        f"1.2 s of audio; peak RSS (VmHWM) after 6 windows (stdin: median of {len(r['cli']['runs'])} runs). "
+        "The start-up parts are separate processes: bare interpreter, `import anger_stream.cli`, and that plus "
+        "loading the model.",
         "",
         *_table(
             ["figure", "value"],
             [
-                ["cold start beyond 1.2 s", f"{r['cli']['cold_start_s']:.3f} s"],
-                ["peak RSS (VmHWM)", f"{r['cli']['vm_hwm_mb']:.0f} MB"],
+                ["stdin: cold start beyond 1.2 s", f"{r['cli']['cold_start_s']:.3f} s"],
+                ["stdin: peak RSS (VmHWM)", f"{r['cli']['vm_hwm_mb']:.0f} MB"],
+                *_mic_rows(r["cli"]["microphone"]),
                 *[[f"start-up part: {k}", f"{v:.3f} s"] for k, v in r["cli"]["parts"].items()],
             ],
         ),

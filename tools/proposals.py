@@ -59,7 +59,7 @@ def score_windows(model: AngerModel, segments: list[Segment], config: DetectorCo
     probs = np.full(n, np.nan, dtype=np.float64)
     loud = np.flatnonzero(levels >= config.min_dbfs)
     if len(loud):
-        probs[loud] = model.predict(batch[loud])
+        probs[loud] = model.predict(batch if len(loud) == n else batch[loud])
     return probs, levels
 
 

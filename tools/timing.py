@@ -39,6 +39,16 @@ class Stats:
         return f"{self.median * 1e3:.3f} (p99 {self.p99 * 1e3:.3f}, IQR {100 * self.iqr_rel:.0f}%)"
 
 
+@dataclass(frozen=True)
+class Budget:
+    """Seconds of measurement per figure; --quick shrinks everything."""
+
+    quick: bool
+
+    def t(self, full: float) -> float:
+        return full / 15 if self.quick else full
+
+
 def measure(
     fn: Callable[[], object], seconds: float, warmup: int = 5, min_n: int = 7, max_n: int = 5000
 ) -> list[float]:
