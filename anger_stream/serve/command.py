@@ -57,7 +57,7 @@ def serve(
     from ..detector import DetectorConfig
     from ..model import AngerModel, ModelError
     from ..streams import StreamSet
-    from .server import Hub, Listen, ListenError
+    from .server import Hub, Listen, ListenError, warm_up
     from .server import serve as run_servers
 
     if audiosocket is None and mediastream is None:
@@ -82,6 +82,8 @@ def serve(
         streams = StreamSet(AngerModel(model, threads=threads), config, max_batch=max_batch)
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
+
+    warm_up(streams)
 
     async def main() -> None:
         await run_servers(Hub(streams, emit_line, events_only), listen, read_timeout, marks)

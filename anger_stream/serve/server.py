@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import audio
+from ..detector import Stream, score_windows
 from ..events import AngerStart, Event, Status, Window, to_json
 from ..streams import StreamSet
 from . import audiosocket, mediastream
@@ -47,6 +48,7 @@ class Call:
     on_events: Callable[[list[Event]], None] | None
     chunks: list[np.ndarray] = field(default_factory=list)
     received: int = 0  # input samples received
+    pushed: int = 0  # input samples handed to the stream set
     due_at: int = 0  # input samples at which the next window is complete
     added: bool = False
     ending: tuple[str, dict[str, Any]] | None = None
@@ -124,7 +126,7 @@ class Hub:
                 ops = [(c, c.chunks, c.ending is not None) for c in self._ready.values()]
                 self._ready = {}
                 for call, _, _ in ops:
-                    call.chunks = []
+                    call.chunks, call.pushed = [], call.received
                 results, samples = await loop.run_in_executor(self._pool, self._work, ops)
                 self._publish(ops, results, samples)
         finally:
@@ -154,7 +156,7 @@ class Hub:
         for call, _, ending in ops:
             events = results.get(call.call_id, [])
             call.due_at = self._due_at(call, samples[call.call_id])
-            if not ending and call.ending is None and call.received >= call.due_at:
+            if not ending and call.ending is None and call.pushed < call.received >= call.due_at:
                 self._ready[call.call_id] = call  # more audio arrived during the tick
                 self._wake.set()
             for e in events:
@@ -174,6 +176,15 @@ class Hub:
                 del self.calls[call.call_id]
         if not self.calls:
             self._idle.set()
+
+
+def warm_up(streams: StreamSet, rates: tuple[int, ...] = (8_000,)) -> None:
+    """Run the model and each resampler once: first runs are slow (allocation, lazy imports), not on a call."""
+    for rate in rates:
+        stream = Stream(streams.config, rate)
+        stream.push(np.full(rate * 2, 0.1, dtype=np.float32))
+        stream.finish()
+        score_windows(streams.model, stream.take(), streams.config)
 
 
 def _peer(address: Any) -> str:
