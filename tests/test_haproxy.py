@@ -1,0 +1,102 @@
+"""HAProxy (deploy/*.cfg) in front of two `anger-stream serve` processes: every call comes back complete
+from whichever server took it, and both servers take calls."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serve_support import (
+    ServeProcess,
+    assert_same_events,
+    audiosocket_call,
+    expected_lines,
+    make_speech,
+    mediastream_call,
+    mulaw_roundtrip,
+)
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+pytestmark = pytest.mark.skipif(HAPROXY is None, reason="needs HAProxy (apt-get install haproxy)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {port}")
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    return make_speech(tmp_path_factory.mktemp("speech"))
+
+
+@pytest.mark.parametrize("protocol", ["audiosocket", "mediastream"])
+def test_balanced_calls_come_back_complete(protocol: str, speech: np.ndarray) -> None:
+    servers = [ServeProcess(protocols=(protocol,)) for _ in range(2)]
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LB_BIND": f"127.0.0.1:{port}",
+        **{f"ANGER{i + 1}": f"127.0.0.1:{s.ports[protocol]}" for i, s in enumerate(servers)},
+    }
+    cfg = DEPLOY / f"haproxy-{protocol}.cfg"
+    lb = subprocess.Popen([HAPROXY, "-f", str(cfg), "-db"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_port(port)
+        time.sleep(0.3)  # the first health checks
+        rng = np.random.default_rng(2)
+        clips = [speech[: rng.integers(12000, len(speech))] for _ in range(6)]
+        caller = audiosocket_call if protocol == "audiosocket" else mediastream_call
+        with ThreadPoolExecutor(6) as pool:
+            calls = list(pool.map(lambda clip: caller(port, clip, frame=800), clips))
+        taken = {0: 0, 1: 0}
+        for call, clip in zip(calls, clips, strict=True):
+            i = _server_of(servers, call)
+            events = servers[i].call_events(call)
+            assert events[-1]["state"] == "end"
+            assert_same_events(
+                events[:-1], expected_lines(clip if protocol == "audiosocket" else mulaw_roundtrip(clip), 8000, call)
+            )
+            assert not any(e.get("call") == call for e in servers[1 - i].events)
+            taken[i] += 1
+        assert sum(taken.values()) == len(calls) and min(taken.values()) >= 1, taken
+        for srv in servers:
+            assert not [e for e in srv.events if e.get("state") == "error"], "health checks must not be errors"
+    finally:
+        lb.terminate()
+        lb.wait(10)
+        for srv in servers:
+            assert srv.stop() == 0
+
+
+def _server_of(servers: list[ServeProcess], call: str, timeout: float = 20.0) -> int:
+    """Index of the server that reported the end of `call` (collecting every server's lines meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for i, srv in enumerate(servers):
+            while not srv.lines.empty():
+                srv.events.append(srv.lines.get())
+            if any(e.get("call") == call and e.get("state") == "end" for e in srv.events):
+                return i
+        time.sleep(0.05)
+    raise AssertionError(f"no server reported the end of call {call}")
