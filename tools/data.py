@@ -123,10 +123,7 @@ class BalancedBatches(torch.utils.data.IterableDataset):
         self.tracks = tracks
         corpora = sorted({t.clip.corpus for t in tracks})
         self.groups = [
-            [
-                np.array([i for i, t in enumerate(tracks) if t.clip.corpus == c and t.clip.anger == a])
-                for a in (0, 1)
-            ]
+            [np.array([i for i, t in enumerate(tracks) if t.clip.corpus == c and t.clip.anger == a]) for a in (0, 1)]
             for c in corpora
         ]
         self.seed = seed
@@ -135,9 +132,7 @@ class BalancedBatches(torch.utils.data.IterableDataset):
 
     def indices(self, rng: np.random.Generator) -> np.ndarray:
         """Track indices of one batch: `half` non-angry, then their `half` angry partners."""
-        pairs = [
-            [rng.choice(ids) for ids in self.groups[rng.integers(len(self.groups))]] for _ in range(self.half)
-        ]
+        pairs = [[rng.choice(ids) for ids in self.groups[rng.integers(len(self.groups))]] for _ in range(self.half)]
         return np.array(pairs).T.reshape(-1)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import warnings
 from pathlib import Path
 
 import onnx
@@ -51,16 +52,18 @@ def export(model: FCN, out: str | Path, metadata: dict[str, str]) -> None:
     wrapper = AngerProbability(fold_batchnorm(model.eval())).eval()
     example = torch.zeros(2, round(audio.WINDOW_S * audio.SAMPLE_RATE))
     buffer = io.BytesIO()
-    torch.onnx.export(
-        wrapper,
-        (example,),
-        buffer,
-        input_names=["audio"],
-        output_names=["p"],
-        dynamic_axes={"audio": {0: "batch", 1: "samples"}, "p": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated (but still the cleaner one here)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            buffer,
+            input_names=["audio"],
+            output_names=["p"],
+            dynamic_axes={"audio": {0: "batch", 1: "samples"}, "p": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)

@@ -68,9 +68,7 @@ VARIANTS: dict[str, Variant] = {
     "S": Variant(paper_blocks(32, 64, 128)),
     "T3": Variant(paper_blocks(16, 32, 64), transfer=3, frozen=2),
     "T3f1": Variant(paper_blocks(16, 32, 64), transfer=3, frozen=1),
-    "T5": Variant(
-        SOUNDNET8_BLOCKS + (Block(256, 16, 1, 1, 0), Block(16, 2, 2, 1, 0, bn=False)), transfer=5, frozen=2
-    ),
+    "T5": Variant(SOUNDNET8_BLOCKS + (Block(256, 16, 1, 1, 0), Block(16, 2, 2, 1, 0, bn=False)), transfer=5, frozen=2),
 }
 
 
