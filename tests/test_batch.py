@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from onnx import TensorProto, helper
 
-from anger_stream.batch import find_recordings, summarise
+from anger_stream.batch import CHUNK_BYTES, CHUNK_FILES, chunks, find_recordings, summarise
 from anger_stream.detector import AngerDetector
 from anger_stream.events import AngerEnd, AngerStart
 from anger_stream.sources.file import read_file
@@ -143,7 +143,7 @@ def test_ctrl_c_keeps_the_finished_lines(clips: Path, model: Path, tmp_path: Pat
     """SIGINT to the whole process group (as a terminal sends it): exit 130, whole lines, no tracebacks."""
     archive = tmp_path / "archive"
     archive.mkdir()
-    for i in range(80):
+    for i in range(160):
         (archive / f"call{i:03d}.wav").symlink_to(clips / "speech16k.wav")
     out = tmp_path / "results.jsonl"
     proc = subprocess.Popen(
@@ -162,7 +162,7 @@ def test_ctrl_c_keeps_the_finished_lines(clips: Path, model: Path, tmp_path: Pat
     assert_clean_stderr(stderr)
     assert "rerun with --resume" in stderr
     lines = read_lines(out)
-    assert 2 <= len(lines) < 80 and all(r["error"] is None for r in lines.values())
+    assert 2 <= len(lines) < 160 and all(r["error"] is None for r in lines.values())
 
 
 @pytest.fixture
@@ -245,6 +245,37 @@ def test_find_recordings_walks_folders_and_expands_globs(clips: Path) -> None:
     assert len(names) == len(set(names)) == len(GOOD | BAD) + 1  # duplicates dropped, notes.txt skipped
     assert names[-1] == "missing.wav" and all(Path(p).is_absolute() for p in found)
     assert warnings == ["no audio files match /nowhere/*.wav"]
+
+
+def test_chunks_group_short_files_and_keep_long_ones_alone(tmp_path: Path) -> None:
+    sizes = [10] * (CHUNK_FILES + 3) + [CHUNK_BYTES + 1, 10]
+    paths = []
+    for i, size in enumerate(sizes):
+        (tmp_path / f"{i:02d}.wav").write_bytes(b"x" * size)
+        paths.append(str(tmp_path / f"{i:02d}.wav"))
+    got = list(chunks([*paths, str(tmp_path / "missing.wav")]))
+    assert [len(c) for c in got] == [CHUNK_FILES, 3, 1, 2]
+    assert [p for c in got for p in c] == [*paths, str(tmp_path / "missing.wav")]
+
+
+def test_a_task_that_fails_is_retried_file_by_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk whose task raises (e.g. a worker that died on one file) costs only that file its line."""
+    from distributed import Client
+
+    from anger_stream import batch
+
+    def fake_score_file(path: str, model: str | None, threshold: float) -> dict:
+        if path == "bad.wav":
+            raise RuntimeError("worker died\ntraceback...")
+        return {"path": path, "error": None}
+
+    monkeypatch.setattr(batch, "score_file", fake_score_file)
+    lines: list[dict] = []
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        batch.run(client, ["a.wav", "bad.wav", "c.wav"], None, 0.6, lines.append)
+    by_path = {line["path"]: line for line in lines}
+    assert sorted(by_path) == ["a.wav", "bad.wav", "c.wav"] and len(lines) == 3
+    assert by_path["bad.wav"]["error"] == "RuntimeError: worker died" and by_path["a.wav"]["error"] is None
 
 
 @pytest.fixture(scope="module")
