@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -44,7 +43,7 @@ def serve(
     marks: Annotated[
         bool, typer.Option("--marks", help="Media Streams: send a mark per anger event (bidirectional streams).")
     ] = False,
-    threads: Annotated[int, typer.Option(min=1, help="Model threads.")] = min(2, os.cpu_count() or 1),
+    threads: Annotated[int, typer.Option(min=1, help="Model threads (the event loop needs a core too).")] = 1,
     max_batch: Annotated[int, typer.Option(min=1, help="Most windows per model call.")] = 256,
 ) -> None:
     """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.

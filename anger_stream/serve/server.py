@@ -369,7 +369,6 @@ async def serve(
     listen: list[Listen],
     read_timeout: float = 10.0,
     marks: bool = False,
-    ready: Callable[[Listen], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then end every call ("interrupted"), report it, and return."""
     server = Server(hub, read_timeout, marks)
@@ -381,13 +380,9 @@ async def serve(
             raise ListenError(
                 f"cannot listen on {spec.host}:{spec.port} ({spec.protocol}): {exc.strerror or exc}"
             ) from None
-        srv = listeners[-1]
-        host, port = srv.sockets[0].getsockname()[:2]
-        bound = Listen(spec.protocol, host, port)
+        host, port = listeners[-1].sockets[0].getsockname()[:2]
         log(f"{spec.protocol} listening on {host}:{port}")
         hub.emit(to_json(Status("listening", 0.0, {"protocol": spec.protocol, "host": host, "port": port})))
-        if ready is not None:
-            ready(bound)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
