@@ -1,8 +1,8 @@
 """`anger-stream batch`: score an archive of recordings on a Dask cluster, one JSON line per recording.
 
-Workers read the files themselves (the client submits paths), load the model once per process and return
-one record per recording; the client writes each record as soon as it arrives. dask and distributed are
-imported inside functions so that the CLI starts fast.
+Workers read the files themselves (the client submits paths, short files in chunks), load the model once per
+process and return one record per recording; the client writes each record as soon as its task completes.
+dask and distributed are imported inside functions so that the CLI starts fast.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def error_record(path: str, threshold: float, message: str) -> dict[str, Any]:
 
 
 def score_file(path: str, model: str | None, threshold: float) -> dict[str, Any]:
-    """The worker task: read, score and summarise one file; an unusable file gives an error record.
+    """Read, score and summarise one file (on a worker); an unusable file gives an error record.
 
     ModelError propagates: a model the workers cannot load stops the job.
     """
