@@ -190,9 +190,28 @@ def best_small_batch(rows: list[dict]) -> dict[str, int]:
     return {name: r["batch"] for name, r in best.items()}
 
 
+class NullModel(AngerModel):
+    """A model that costs nothing: what remains of a StreamSet cycle is the Python/numpy work around it."""
+
+    def __init__(self) -> None:  # no session
+        pass
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        return np.zeros(len(windows), dtype=np.float32)
+
+
 def streams(models: dict[str, Path], x: np.ndarray, batches: dict[str, int], b: Budget) -> dict:
-    """StreamSet capacity on 2 cores per model: the current StreamSet and with all proposals applied."""
-    out = {}
+    """StreamSet capacity on 2 cores per model: the current StreamSet and with all proposals applied.
+
+    Also the cycle cost without any model ("overhead"), the ceiling that the Python side alone sets.
+    """
+    n, cycles = (64, 2) if b.quick else (1000, 5)
+    out: dict = {
+        "overhead current": bench_e2e.measure_streams(lambda: StreamSet(NullModel()), x, n, cycles),
+        "overhead proposed": bench_e2e.measure_streams(
+            lambda: ProposedStreamSet(NullModel(), 4, 1, fast_push=True, fast_score=True), x, n, cycles
+        ),
+    }
     for name, path in models.items():
         two, one = AngerModel(path, threads=2), AngerModel(path, threads=1)
         variants: dict[str, Callable[[], StreamSet]] = {
@@ -201,7 +220,7 @@ def streams(models: dict[str, Path], x: np.ndarray, batches: dict[str, int], b: 
         }
         for variant, make in variants.items():
             out[f"{name} {variant}"] = bench_e2e.capacity(
-                make, x, 64 if b.quick else 256, 2 if b.quick else 5, steps=1 if b.quick else 3
+                make, x, 64 if b.quick else 256, 2 if b.quick else 5, steps=2 if b.quick else 3
             )
     return out
 
@@ -227,16 +246,24 @@ def main(argv: list[str] | None = None) -> None:
     }
     results["metadata"] = {p.key: p.value for p in model_proto.metadata_props if p.key in ("variant", "version")}
     results["flops_per_window"] = flops
-    results["single_window"] = single_window(models, x, b)
-    results["torch"] = torch_eager(args.model, x, b)
-    results["egemaps"] = egemaps(args.model, x16[HOP : HOP + WINDOW], x, b)
-    results["throughput"] = throughput(models, x, flops, b)
-    results["hardware"] = hardware(flops, results["throughput"], b)
-    results["offline"] = bench_e2e.offline(args.model, x16, 30 if args.quick else 600)
-    results["cli"] = bench_e2e.cli(args.model, x16, 1 if args.quick else 3)
-    results["proposed_max_batch"] = best_small_batch(results["throughput"])
-    results["streams"] = streams(models, x16, results["proposed_max_batch"], b)
-    results["optimisations"] = bench_opt.measure_all(models, x, x16, results["proposed_max_batch"], b)
+    sections: dict[str, Callable[[], object]] = {
+        "single_window": lambda: single_window(models, x, b),
+        "torch": lambda: torch_eager(args.model, x, b),
+        "egemaps": lambda: egemaps(args.model, x16[HOP : HOP + WINDOW], x, b),
+        "throughput": lambda: throughput(models, x, flops, b),
+        "hardware": lambda: hardware(flops, results["throughput"], b),
+        "offline": lambda: bench_e2e.offline(args.model, x16, 30 if args.quick else 600),
+        "cli": lambda: bench_e2e.cli(args.model, x16, 1 if args.quick else 3),
+        "proposed_max_batch": lambda: best_small_batch(results["throughput"]),
+        "streams": lambda: streams(models, x16, results["proposed_max_batch"], b),
+        "optimisations": lambda: bench_opt.measure_all(models, x, x16, results["proposed_max_batch"], b),
+    }
+    results["section_s"] = {}
+    for name, run in sections.items():
+        t0 = time.perf_counter()
+        results[name] = run()
+        results["section_s"][name] = round(time.perf_counter() - t0, 1)
+        print(f"{name}: {results['section_s'][name]} s", flush=True)
     results["environment"]["loadavg_end"] = os.getloadavg()
     results["elapsed_s"] = time.perf_counter() - t_start
     args.out.parent.mkdir(parents=True, exist_ok=True)

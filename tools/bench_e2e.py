@@ -241,12 +241,12 @@ def measure_streams(make_set: Callable[[], StreamSet], speech: np.ndarray, n: in
 def capacity(make_set: Callable[[], StreamSet], speech: np.ndarray, start: int, cycles: int, steps: int = 3) -> dict:
     """Largest measured N whose median cycle fits in one hop (600 ms): predict N from the per-stream cost, re-measure.
 
-    Each step measures at N = 0.95 x HOP / (cost per stream at the previous N); the answer is the largest N
+    Each step measures at N = 0.9 x HOP / (cost per stream at the previous N); the answer is the largest N
     measured that fitted (the cycle time is close to linear in N).
     """
     trials = [measure_streams(make_set, speech, start, cycles)]
     for _ in range(steps):
-        n = max(16, int(0.95 * HOP_S / (trials[-1]["us_per_stream"] * 1e-6)))
+        n = max(16, int(0.9 * HOP_S / (trials[-1]["us_per_stream"] * 1e-6)))
         trials.append(measure_streams(make_set, speech, n, cycles))
     fitting = [t["streams"] for t in trials if t["cycle_median_s"] < HOP_S]
     return {"sustained_streams": max(fitting, default=0), "trials": trials}
