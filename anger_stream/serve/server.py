@@ -71,6 +71,7 @@ class Hub:
         self._idle = asyncio.Event()
         self._idle.set()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anger-tick")
+        self._warned = -3600.0
 
     def open(self, call_id: str, sample_rate: int, info: dict[str, Any], on_events=None) -> None:
         """Start a call (a start status line); DuplicateCall if the id is being served."""
@@ -127,10 +128,19 @@ class Hub:
                 self._ready = {}
                 for call, _, _ in ops:
                     call.chunks, call.pushed = [], call.received
+                started = time.monotonic()
                 results, samples = await loop.run_in_executor(self._pool, self._work, ops)
                 self._publish(ops, results, samples)
+                self._check_pace(time.monotonic() - started, sum(map(len, results.values())))
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _check_pace(self, elapsed: float, n_events: int) -> None:
+        """Warn (at most once a minute) when scoring takes longer than a hop: latency then keeps growing."""
+        hop = self.streams.config.hop_s
+        if elapsed > hop and time.monotonic() - self._warned > 60:
+            self._warned = time.monotonic()
+            log(f"falling behind: a tick of {n_events} events took {elapsed:.2f} s (hop {hop:g} s); too many calls")
 
     def _work(self, ops: list[tuple[Call, list[np.ndarray], bool]]) -> tuple[dict[Hashable, list[Event]], dict]:
         """In the worker thread: feed the set, end calls, tick. Returns events and 16 kHz samples per call."""
