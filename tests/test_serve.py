@@ -166,3 +166,26 @@ def test_port_in_use_exits_3() -> None:
 def test_help_lists_serve() -> None:
     r = subprocess.run([CLI, "--help"], capture_output=True, text=True, timeout=60)
     assert "serve" in r.stdout and Path(CLI).exists()
+
+
+@pytest.mark.parametrize("protocol", ["audiosocket", "mediastream"])
+def test_loadtest_tool(protocol: str, speech: np.ndarray, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    sf.write(tmp_path / "call.wav", speech, 8000)
+    repo = Path(__file__).resolve().parents[1]
+    cmd = ["-m", "tools.loadtest", "--protocol", protocol, "--calls", "3", "--duration", "2.5", "--ramp", "0.2"]
+    r = subprocess.run(
+        [str(Path(CLI).parent / "python"), *cmd, "--file", str(tmp_path / "call.wav")],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["calls_completed"] == 3 and result["concurrent_calls"] == 3 and result["frames_dropped"] == 0
+    assert result["windows_received"] == result["windows_expected"] == 3 * 3
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    bad = subprocess.run(
+        [str(Path(CLI).parent / "python"), *cmd, "--file", "x.wav", "--target", "192.0.2.1:9092"],
+        cwd=repo, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "loopback" in bad.stderr
