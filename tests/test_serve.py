@@ -189,3 +189,14 @@ def test_loadtest_tool(protocol: str, speech: np.ndarray, tmp_path: Path) -> Non
         cwd=repo, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "loopback" in bad.stderr
+
+
+def test_stdout_closed_stops_the_server_quietly(speech: np.ndarray) -> None:
+    proc = subprocess.Popen(
+        [CLI, "serve", "--audiosocket", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    port = json.loads(proc.stdout.readline())["port"]
+    proc.stdout.close()  # like `anger-stream serve ... | head -n 1`
+    audiosocket_call(port, speech[:16000])
+    assert proc.wait(20) == 0
+    assert b"Traceback" not in proc.stderr.read()

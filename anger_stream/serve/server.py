@@ -63,7 +63,9 @@ class Hub:
 
     def __init__(self, streams: StreamSet, emit: Callable[[str], None], events_only: bool = False) -> None:
         self.streams = streams
-        self.emit = emit
+        self._output = emit
+        self.failure: Exception | None = None  # the output failed (e.g. stdout closed): the server stops
+        self.failed = asyncio.Event()
         self.events_only = events_only
         self.calls: dict[str, Call] = {}
         self._ready: dict[str, Call] = {}
@@ -103,6 +105,16 @@ class Hub:
         call.t_end = call.received / call.sample_rate
         self._ready[call_id] = call
         self._wake.set()
+
+    def emit(self, line: str) -> None:
+        """One output line; if the output fails, remember why and stop serving (no more lines)."""
+        if self.failure is not None:
+            return
+        try:
+            self._output(line)
+        except Exception as exc:  # StdoutClosed, or whatever a custom sink raises
+            self.failure = exc
+            self.failed.set()
 
     def note(self, call_id: str, status: Status) -> None:
         """A status line for a call at once (DTMF, an error before the call started)."""
@@ -347,6 +359,12 @@ class Listen:
     port: int
 
 
+def _log_unexpected(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's last resort, in one line instead of a traceback."""
+    exc = context.get("exception")
+    log(f"internal error: {context.get('message', '')}: {type(exc).__name__}: {exc}" if exc else context["message"])
+
+
 def _health(connection: Any, request: Any) -> Any:
     """Plain HTTP GET /health (load balancer checks) gets 200 instead of a WebSocket upgrade."""
     from http import HTTPStatus
@@ -398,22 +416,28 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.set_exception_handler(_log_unexpected)
     ticker = asyncio.create_task(hub.run())
     stopper = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(hub.failed.wait())
     try:
-        await asyncio.wait([ticker, stopper], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([ticker, stopper, failed], return_when=asyncio.FIRST_COMPLETED)
         if ticker.done():
             ticker.result()  # the model failed: raise its error
+        if hub.failure is not None:
+            raise hub.failure
         for srv in listeners:
             srv.close()
         server.close_all()
-        deadline = time.monotonic() + 10.0
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(hub.idle(), max(deadline - time.monotonic(), 0.1))
+            await asyncio.wait_for(hub.idle(), 10.0)
     finally:
+        for srv in listeners:
+            srv.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         ticker.cancel()
         stopper.cancel()
+        failed.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
