@@ -75,7 +75,13 @@ class Hub:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anger-tick")
         self._warned = -3600.0
 
-    def open(self, call_id: str, sample_rate: int, info: dict[str, Any], on_events=None) -> None:
+    def open(
+        self,
+        call_id: str,
+        sample_rate: int,
+        info: dict[str, Any],
+        on_events: Callable[[list[Event]], None] | None = None,
+    ) -> None:
         """Start a call (a start status line); DuplicateCall if the id is being served."""
         if call_id in self.calls:
             raise DuplicateCall(f"call id {call_id!r} is already being served")
