@@ -87,6 +87,7 @@ def test_threshold_at_fpr() -> None:
     op = metrics.threshold_at_fpr(y, s, 0.2)
     assert (op.threshold, op.fpr, op.tpr) == (0.8, 0.2, 0.75)
     assert metrics.threshold_at_fpr(y, s, 0.0).threshold == 0.95
+    assert metrics.rates(y, s, 0.85) == (0.1, 0.75)
 
 
 def test_bad_input() -> None:

@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             **report(test_windows, baseline),
             "models": {},
         }
-        curves = {"eGeMAPS + LR": baseline}
+        curves = {f"eGeMAPS + LR ({'-20 dBFS windows' if args.normalise else 'raw level'})": baseline}
         if models:
             net_windows, net_scores = score_models(models, test_windows.clips, args.telephone)
             if net_windows.clip_index != test_windows.clip_index:

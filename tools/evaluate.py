@@ -7,8 +7,9 @@ Each file is decoded with soundfile (resampled to 16 kHz if needed), optionally 
 mu-law telephone channel, cut into 1.2 s windows every 0.6 s (the last may be shorter, >= 1 s, zero-padded),
 silence-gated at `audio.MIN_DBFS` and normalised exactly as at run time. A window's label is its clip's
 `anger`. Reports window AUROC with a DeLong 95% CI, utterance AUROC (mean of a clip's window scores),
-thresholds at 1/5/10% FPR, per corpus when several manifests are given, and with --compare DeLong's test
-of the two models on the same windows. Torch-free: onnxruntime via `anger_stream.model.AngerModel`.
+thresholds at 1/5/10% FPR and the rates at the thresholds in the model's metadata, per corpus when several
+manifests are given, and with --compare DeLong's test of the two models on the same windows.
+Torch-free: onnxruntime via `anger_stream.model.AngerModel`.
 """
 
 from __future__ import annotations
@@ -177,6 +178,20 @@ def report(windows: WindowSet, scores: np.ndarray, other: np.ndarray | None = No
     return out
 
 
+def at_thresholds(windows: WindowSet, scores: np.ndarray, thresholds: dict[str, float]) -> dict:
+    """FPR and TPR at named thresholds (e.g. those in the model's metadata), overall and per corpus."""
+    corpora = windows.corpus
+    groups = {"all": np.ones(len(scores), bool)} | {c: corpora == c for c in dict.fromkeys(corpora)}
+    return {
+        name: {
+            group: dict(zip(("fpr", "tpr"), metrics.rates(windows.labels[mask], scores[mask], t), strict=True))
+            for group, mask in groups.items()
+        }
+        | {"threshold": t}
+        for name, t in thresholds.items()
+    }
+
+
 def plot_roc(path: Path, labels: np.ndarray, corpus: np.ndarray, curves: dict[str, np.ndarray], title: str) -> None:
     """ROC curves, one panel per corpus, one line per named score vector (AUROC in the legend)."""
     import matplotlib
@@ -245,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "split": args.split,
             "channel": "8 kHz G.711 mu-law" if args.telephone else "16 kHz",
             **report(windows, scores[0], scores[1] if args.compare else None),
+            "metadata_thresholds": at_thresholds(windows, scores[0], models[0].meta_json("thresholds", {})),
         }
     except (ModelError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -91,6 +91,12 @@ class Operating:
     tpr: float
 
 
+def rates(y: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(false-positive rate, true-positive rate) of predicting anger when score >= threshold."""
+    pos, neg = _split(y, scores)
+    return float(np.mean(neg[0] >= threshold)), float(np.mean(pos[0] >= threshold))
+
+
 def threshold_at_fpr(y: np.ndarray, scores: np.ndarray, target_fpr: float) -> Operating:
     """The lowest threshold whose false-positive rate does not exceed target_fpr (the highest TPR there)."""
     if not 0.0 <= target_fpr <= 1.0:
