@@ -18,6 +18,7 @@ import soundfile as sf
 
 from anger_stream import audio
 from anger_stream.detector import AngerDetector
+from anger_stream.events import Window
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
 
@@ -216,7 +217,7 @@ class StreamLoad:
         events = self.set.tick()
         t2 = time.perf_counter()
         self.k += 1
-        scored = sum(1 for evs in events.values() for e in evs if getattr(e, "p", None) is not None)
+        scored = sum(1 for evs in events.values() for e in evs if isinstance(e, Window) and e.p is not None)
         return t1 - t0, t2 - t1, scored
 
 

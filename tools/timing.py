@@ -10,9 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,9 @@ def measure(
     return times
 
 
-def interleaved(fns: dict[str, Callable[[], object]], seconds: float, rounds: int = 5) -> dict[str, list[float]]:
+def interleaved(fns: dict[K, Callable[[], object]], seconds: float, rounds: int = 5) -> dict[K, list[float]]:
     """Time each alternative for seconds/rounds/len(fns) per round, alternating, after one warm-up each."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[K, list[float]] = {name: [] for name in fns}
     slot = seconds / rounds / len(fns)
     for fn in fns.values():
         measure(fn, 0.0, warmup=3, min_n=0)
