@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--file", type=Path, required=True, help="a recorded call (any rate; mixed to mono)")
     parser.add_argument("--target", default="127.0.0.1:0", help="loopback HOST:PORT for the server (0: any)")
     parser.add_argument("--ramp", type=float, default=3.0, help="spread call starts over this many seconds")
-    parser.add_argument("--threads", type=int, default=1, help="the server's model threads")
+    parser.add_argument("--threads", type=int, default=2, help="the server's concurrent model runs")
     args = parser.parse_args(argv)
     if not loopback(args.target.rsplit(":", 1)[0]):
         parser.error("--target must be a loopback address (127.0.0.0/8, ::1, localhost)")
