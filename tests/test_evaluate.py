@@ -123,6 +123,13 @@ def test_egemaps_baseline(tmp_path: Path, peak_model: Path) -> None:
     assert json.loads(out.read_text())["auroc"] == 1.0
 
 
+def test_bad_manifest(tmp_path: Path, peak_model: Path) -> None:
+    (tmp_path / "manifest.csv").write_text("path,corpus,speaker\na.flac,emodb,03\n")
+    args = ["--model", str(peak_model), "--manifest", str(tmp_path / "manifest.csv"), "--json", "unused.json"]
+    with pytest.raises(SystemExit, match="error: manifest .* has no column 'anger'"):
+        evaluate.main(args)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -223,7 +223,12 @@ def load_clips(manifests: Sequence[Path], split: str) -> list[Clip]:
     for manifest in manifests:
         if not manifest.is_file():
             raise ValueError(f"manifest not found: {manifest}")
-        clips += load_manifest(manifest, None if split == "all" else split)
+        try:
+            clips += load_manifest(manifest, None if split == "all" else split)
+        except KeyError as exc:
+            raise ValueError(f"manifest {manifest} has no column {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"bad value in manifest {manifest}: {exc}") from None
     if not clips:
         raise ValueError(f"no clips in split {split!r} of {', '.join(map(str, manifests))}")
     return clips
