@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -226,7 +227,9 @@ def measure_streams(make_set: Callable[[], StreamSet], speech: np.ndarray, n: in
     load = StreamLoad(make_set(), speech, n)
     for _ in range(2):
         load.cycle()
+    cpu0, wall0 = _cpu_s(), time.perf_counter()
     runs = np.array([load.cycle() for _ in range(cycles)])
+    cores = (_cpu_s() - cpu0) / (time.perf_counter() - wall0)
     total = runs[:, 0] + runs[:, 1]
     return {
         "streams": n,
@@ -236,7 +239,14 @@ def measure_streams(make_set: Callable[[], StreamSet], speech: np.ndarray, n: in
         "tick_median_s": float(np.median(runs[:, 1])),
         "scored_fraction": float(runs[:, 2].sum() / (n * cycles)),
         "us_per_stream": float(np.median(total) / n * 1e6),
+        "cores_used": cores,
     }
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system, all threads) this process has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def capacity(make_set: Callable[[], StreamSet], speech: np.ndarray, start: int, cycles: int, steps: int = 3) -> dict:

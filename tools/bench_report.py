@@ -187,10 +187,11 @@ def write_markdown(r: dict, path: Path) -> None:
         "proposed core changes (tools/proposals.py: 1-thread session, 2 worker threads, batches of "
         f"{r['proposed_max_batch']} windows (the fastest batch <= 4 on 1 thread), cheaper "
         "push and window preparation). overhead: the same cycle with a model that costs nothing (the Python and "
-        "numpy work of buffering, preparing windows and events alone, 1 thread).",
+        "numpy work of buffering, preparing windows and events alone, 1 thread). cores used: CPU seconds of "
+        "this process per wall-clock second during the measured cycles (2.00 would be the whole machine).",
         "",
         *_table(
-            ["model", "N", "cycle median s", "cycle max s", "push s", "tick s", "us/stream", "scored"],
+            ["model", "N", "cycle median s", "cycle max s", "push s", "tick s", "us/stream", "scored", "cores used"],
             [
                 [
                     name,
@@ -201,6 +202,7 @@ def write_markdown(r: dict, path: Path) -> None:
                     f"{t['tick_median_s']:.3f}",
                     f"{t['us_per_stream']:.0f}",
                     f"{100 * t['scored_fraction']:.0f}%",
+                    f"{t['cores_used']:.2f}",
                 ]
                 for name, s in r["streams"].items()
                 for t in s.get("trials", [s])

@@ -4,7 +4,7 @@
         --manifest ../shared/data/ased/manifest.csv [--mode static|dynamic] [--evaluate]
 
 static (default): QDQ, per-channel int8 weights, uint8 activations whose ranges are calibrated
-(--calibrate: percentile, the 99.999th, by default; MinMax lost 0.008 AUROC on RAVDESS) on run-time
+(--calibrate: percentile, the 99.999th, by default; MinMax lost 0.008 RAVDESS AUROC on one T3 run) on run-time
 windows of the manifests' *train* split, prepared exactly as at run time; --keep-float N leaves the first
 N convolutions in float32. dynamic: int8 weights, activations quantized per call (ConvInteger).
 
