@@ -201,16 +201,6 @@ def best_small_batch(rows: list[dict]) -> dict[str, int]:
     return {name: r["batch"] for name, r in best.items()}
 
 
-class NullModel(AngerModel):
-    """A model that costs nothing: what remains of a StreamSet cycle is the Python/numpy work around it."""
-
-    def __init__(self) -> None:  # no session
-        pass
-
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        return np.zeros(len(windows), dtype=np.float32)
-
-
 def streams(models: dict[str, Path], x: np.ndarray, batches: dict[str, int], b: Budget) -> dict:
     """StreamSet capacity on 2 cores per model: the current StreamSet and with all proposals applied.
 
@@ -218,9 +208,9 @@ def streams(models: dict[str, Path], x: np.ndarray, batches: dict[str, int], b: 
     """
     n, cycles = (64, 2) if b.quick else (1000, 5)
     out: dict = {
-        "overhead current": bench_e2e.measure_streams(lambda: StreamSet(NullModel()), x, n, cycles),
+        "overhead current": bench_e2e.measure_streams(lambda: StreamSet(bench_e2e.NullModel()), x, n, cycles),
         "overhead proposed": bench_e2e.measure_streams(
-            lambda: ProposedStreamSet(NullModel(), 4, 1, fast_push=True, fast_score=True), x, n, cycles
+            lambda: ProposedStreamSet(bench_e2e.NullModel(), 4, 1, fast_push=True, fast_score=True), x, n, cycles
         ),
     }
     for name, path in models.items():

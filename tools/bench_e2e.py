@@ -197,6 +197,16 @@ def cli(model: Path, speech: np.ndarray, reps: int) -> dict:
     return out
 
 
+class NullModel(AngerModel):
+    """A model that costs nothing: what remains of a StreamSet cycle is the Python/numpy work around it."""
+
+    def __init__(self) -> None:  # no session
+        pass
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        return np.zeros(len(windows), dtype=np.float32)
+
+
 class StreamLoad:
     """N streams of real speech at distinct offsets, each fed one hop per cycle, on one StreamSet."""
 

@@ -9,11 +9,13 @@ import numpy as np
 import onnxruntime as ort
 
 from anger_stream import audio
-from anger_stream.detector import AngerDetector
+from anger_stream.detector import AngerDetector, DetectorConfig, Segment, Stream
+from anger_stream.detector import score_windows as current_score
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
-from tools.bench_e2e import StreamLoad
-from tools.proposals import ProposedStreamSet, SmallBatchDetector, TunedModel
+from tools.bench_e2e import NullModel, StreamLoad
+from tools.proposals import FastStream, ProposedStreamSet, SmallBatchDetector, TunedModel
+from tools.proposals import score_windows as proposed_score
 from tools.timing import Budget, Stats, interleaved, session
 
 
@@ -110,6 +112,32 @@ def spinning_row(path: str, x16: np.ndarray, n: int, cycles: int) -> dict:
     return row(f"current StreamSet, {n} streams: intra-op spinning off", "us/stream", times["spin"], times["calm"], 1e6)
 
 
+def preparation_rows(x16: np.ndarray, seconds: float) -> list[dict]:
+    """The two Python-side proposals in isolation (no model): pushing 600 ms, preparing 4 windows."""
+    config = DetectorConfig()
+    chunk = x16[: config.hop]
+    streams = {"current": Stream(config), "proposed": FastStream(config)}
+
+    def push(stream: Stream) -> Callable[[], object]:
+        return lambda: (stream.push(chunk), stream.take())
+
+    t = interleaved({k: push(s) for k, s in streams.items()}, seconds)
+    rows = [row("Stream.push of 600 ms: nan_to_num only when needed", "us", t["current"], t["proposed"], 1e6)]
+    segments = [Segment(i * config.hop, x16[i * config.hop : i * config.hop + config.window]) for i in range(4)]
+    null = NullModel()
+    t = interleaved(
+        {
+            "current": lambda: current_score(null, segments, config),
+            "proposed": lambda: proposed_score(null, segments, config),
+        },
+        seconds,
+    )
+    rows.append(
+        row("score_windows of 4 windows without the model: one centred copy", "us", t["current"], t["proposed"], 1e6)
+    )
+    return rows
+
+
 def offline_row(path: str, x16: np.ndarray, seconds: float) -> dict:
     """AngerDetector.score on `seconds` of 16 kHz speech: batches of 64 (current) -> 4 windows."""
     x = np.tile(x16, int(np.ceil(seconds * audio.SAMPLE_RATE / len(x16))))[: round(seconds * audio.SAMPLE_RATE)]
@@ -128,7 +156,7 @@ def measure_all(models: dict, x: np.ndarray, x16: np.ndarray, batches: dict[str,
     """Every row of the optimisations table; `batches`: the proposed StreamSet max_batch per model."""
     paths = {k: str(v) for k, v in models.items()}
     n, cycles = (64, 2) if b.quick else (300, 8)
-    rows = session_rows(paths, x, b.t(1.0), 64 if b.quick else 256)
+    rows = session_rows(paths, x, b.t(1.0), 64 if b.quick else 256) + preparation_rows(x16, b.t(2.0))
     for name, path in paths.items():
         rows += streamset_rows(name, path, x16, batches[name], n, cycles)
     rows.append(spinning_row(paths["fp32"], x16, n, cycles))
