@@ -37,6 +37,16 @@ $(VENV)/.test-installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
+model: $(VENV)/.test-installed  ## retrain and export the shipped model from the corpora in $(SHARED)
+	$(BIN)/python -m tools.train --manifest $(SHARED)/data/ravdess/manifest.csv --manifest $(SHARED)/data/ased/manifest.csv \
+	  --dev $(SHARED)/data/emodb/manifest.csv --pretrained $(SHARED)/pretrained/soundnet8_conv1-5.npz \
+	  --variant T3 --seed 10 --steps 4000 --threads 1 --out runs/T3_RA_s10_4k
+	$(BIN)/python -m tools.export --checkpoint runs/T3_RA_s10_4k/best.pt --out models/anger_fcn.onnx
+
+evaluate: $(VENV)/.test-installed  ## window and utterance AUROC of the shipped model on the test speakers
+	$(BIN)/python -m tools.evaluate --model models/anger_fcn.onnx --manifest $(SHARED)/data/ravdess/manifest.csv \
+	  --manifest $(SHARED)/data/ased/manifest.csv --manifest $(SHARED)/data/emodb/manifest.csv --json runs/eval.json
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
