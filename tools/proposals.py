@@ -1,6 +1,6 @@
 """Proposed changes to anger_stream, as subclasses that run next to the current code for measurement.
 
-Each proposal mirrors a diff to anger_stream (listed in docs/benchmarks.md); tests/test_bench.py checks
+Each proposal mirrors a proposed diff to anger_stream; tests/test_bench.py checks
 that it gives the same results as the code it would replace. tools/bench_opt.py measures them. Once a
 proposal is applied in anger_stream, its code here should go.
 """
@@ -135,7 +135,7 @@ class TunedModel(AngerModel):
 
 
 class SmallBatchDetector(AngerDetector):
-    """Proposed AngerDetector.score: model calls of `batch` windows instead of 64."""
+    """AngerDetector.score with model calls of `batch` windows instead of 64 (measured, not proposed)."""
 
     def __init__(self, model: AngerModel, batch: int) -> None:
         super().__init__(model)
