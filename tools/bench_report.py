@@ -85,7 +85,8 @@ def write_markdown(r: dict, path: Path) -> None:
         "(other processes share the machine)",
         f"- Python {env['python']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, numpy {env['numpy']}, "
         f"scipy {env['scipy']}, torch {env['torch']}, opensmile {env['opensmile']}",
-        f"- models: {', '.join(f'{k} `{v}`' for k, v in r['models'].items())}; metadata {r['metadata']}",
+        f"- models: {', '.join(f'{k} `{v}`' for k, v in r['models'].items())}; "
+        f"{', '.join(f'{k} {v}' for k, v in r['metadata'].items())}",
         f"- work per 1.2 s window: {r['flops_per_window'] / 1e6:.1f} MFLOP (2 x conv MACs, from the ONNX graph)",
         "",
         "Times are medians of repeated calls after warm-up; p99 and the interquartile range (IQR, relative to",
@@ -185,7 +186,8 @@ def write_markdown(r: dict, path: Path) -> None:
         "normalisation, batched model calls, events). N is sustainable when the median cycle (push + tick) takes "
         "less than 600 ms. current: StreamSet as it is (AngerModel threads=2, max_batch 256); proposed: with the "
         "proposed core changes (tools/proposals.py: 1-thread session, 2 worker threads, batches of "
-        f"{r['proposed_max_batch']} windows (the fastest batch <= 4 on 1 thread), cheaper "
+        f"{', '.join(f'{k} {v}' for k, v in r['proposed_max_batch'].items())} windows (the fastest batch <= 4 "
+        "on 1 thread), cheaper "
         "push and window preparation). overhead: the same cycle with a model that costs nothing (the Python and "
         "numpy work of buffering, preparing windows and events alone, 1 thread). cores used: CPU seconds of "
         "this process per wall-clock second during the measured cycles (2.00 would be the whole machine).",
