@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
-from . import audio
-from .detector import AngerDetector, DetectorConfig, EventTracker
-from .events import AngerEnd, AngerStart, Window
+from .detector import AngerDetector
+from .events import AngerEnd, AngerStart, Event, Window
 from .model import AngerModel, ModelError
 from .sources import InputError
 
@@ -56,40 +55,21 @@ _MODELS: dict[str | None, AngerModel] = {}
 # --- one recording ------------------------------------------------------------------------------------
 
 
-def summarise(probs: np.ndarray, n_samples: int, config: DetectorConfig) -> dict[str, Any]:
-    """Window scores, peak, share angry and anger segments of a 16 kHz signal of n_samples.
+def summarise(events: list[Event], threshold: float) -> dict[str, Any]:
+    """Window scores, peak, share angry and anger segments [onset, end] from a recording's events.
 
-    The segments come from the live detector's EventTracker run over the same windows, closed at the end of
-    the recording as `Stream.events` closes them.
+    The events are those of `AngerDetector.analyse`: the live detector's windows and event logic.
     """
-    bounds = audio.window_bounds(n_samples, config.window, config.hop, config.min_audio)
-    tracker, segments, start = EventTracker(config), [], 0.0
-    for (s, e), p in zip(bounds, probs, strict=True):
-        p_val = None if np.isnan(p) else float(p)
-        angry = p_val is not None and p_val >= config.threshold
-        # the tracker never reads the level: NaN rather than a second pass over the audio
-        for event in tracker.update(Window(s / audio.SAMPLE_RATE, e / audio.SAMPLE_RATE, p_val, angry, np.nan)):
-            if isinstance(event, AngerStart):
-                start = event.t
-            elif isinstance(event, AngerEnd):
-                segments.append([round(start, 3), round(event.t, 3)])
-    if tracker.active:
-        segments.append([round(start, 3), round(tracker.close(n_samples / audio.SAMPLE_RATE).t, 3)])
+    probs = np.array([np.nan if e.p is None else e.p for e in events if isinstance(e, Window)], dtype=np.float64)
+    onsets = [e.onset for e in events if isinstance(e, AngerStart)]
+    ends = [e.t for e in events if isinstance(e, AngerEnd)]
     scored = probs[~np.isnan(probs)]
     return {
         "windows": [None if np.isnan(p) else round(float(p), 6) for p in probs],
         "p_max": round(float(scored.max()), 6) if len(scored) else None,
-        "angry_share": round(float(np.mean(scored >= config.threshold)), 4) if len(scored) else None,
-        "segments": segments,
+        "angry_share": round(float(np.mean(scored >= threshold)), 4) if len(scored) else None,
+        "segments": [[round(a, 3), round(b, 3)] for a, b in zip(onsets, ends, strict=True)],
     }
-
-
-def analyse(samples: np.ndarray, rate: int, detector: AngerDetector) -> dict[str, Any]:
-    """Scores and summary of a whole recording (samples at `rate`), exactly as `detector.score` scores it."""
-    x = np.nan_to_num(audio.mixdown(audio.to_float(samples)), nan=0.0, posinf=0.0, neginf=0.0)
-    x = audio.resample(x, rate)
-    probs = detector.score(x)  # already 16 kHz mono float: score() repeats the same steps as no-ops
-    return summarise(probs, len(x), detector.config)
 
 
 def record(path: str, samples: np.ndarray, rate: int, detector: AngerDetector) -> dict[str, Any]:
@@ -99,7 +79,7 @@ def record(path: str, samples: np.ndarray, rate: int, detector: AngerDetector) -
         "duration": round(len(samples) / rate, 3),
         "sample_rate": rate,
         "threshold": detector.config.threshold,
-        **analyse(samples, rate, detector),
+        **summarise(detector.analyse(samples, rate), detector.config.threshold),
         "error": None,
     }
 

@@ -110,6 +110,7 @@ class EventTracker:
         self.config = config
         self.active = False
         self._run = 0  # consecutive windows at or above the threshold
+        self._onset = 0.0  # where the current run of angry windows began
         self._start_t = 0.0
         self._p_max = 0.0
 
@@ -121,9 +122,11 @@ class EventTracker:
             self._p_max = max(self._p_max, window.p)
             return []
         self._run = self._run + 1 if window.angry else 0
+        if self._run == 1:
+            self._onset = window.t_start
         if self._run >= c.patience:
             self.active, self._start_t, self._p_max = True, window.t_end, window.p or 0.0
-            return [AngerStart(window.t_end, window.p or 0.0)]
+            return [AngerStart(window.t_end, window.p or 0.0, self._onset)]
         return []
 
     def close(self, t: float) -> AngerEnd:
@@ -170,7 +173,7 @@ class Stream:
         return segments
 
     def events(self, segments: list[Segment], probs: np.ndarray, levels: np.ndarray) -> list[Event]:
-        """Windows and anger events for scored segments; closes an open segment at the end of the stream."""
+        """Windows and anger events for scored segments."""
         events: list[Event] = []
         for seg, p, level in zip(segments, probs, levels, strict=True):
             t_start = seg.start / audio.SAMPLE_RATE
@@ -180,9 +183,11 @@ class Stream:
             window = Window(t_start, t_end, p_val, angry, float(level))
             events.append(window)
             events += self.tracker.update(window)
-        if self.ended and self.tracker.active:
-            events.append(self.tracker.close(self.t))
         return events
+
+    def close(self) -> list[Event]:
+        """At the end of the stream: the anger_end of a segment still open."""
+        return [self.tracker.close(self.t)] if self.tracker.active else []
 
 
 def score_windows(model: AngerModel, segments: list[Segment], config: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -194,6 +199,12 @@ def score_windows(model: AngerModel, segments: list[Segment], config: DetectorCo
         batch = np.stack([audio.prepare_window(segments[i].audio, config.window) for i in loud])
         probs[loud] = model.predict(batch)
     return probs, levels
+
+
+def score_pending(model: AngerModel, stream: Stream) -> list[Event]:
+    """Score one stream's due windows in one batch; its windows and anger events."""
+    segments = stream.take()
+    return stream.events(segments, *score_windows(model, segments, stream.config))
 
 
 class AngerDetector:
@@ -221,10 +232,6 @@ class AngerDetector:
         """Forget the stream: the next sample is at t = 0."""
         self.stream = Stream(self.config, self.sample_rate)
 
-    def _run(self) -> list[Event]:
-        segments = self.stream.take()
-        return self.stream.events(segments, *score_windows(self.model, segments, self.config))
-
     def feed(self, samples: np.ndarray, sample_rate: int | None = None) -> list[Event]:
         """Add samples (float in [-1, 1] or integer PCM, mono); return the events they complete."""
         if sample_rate is not None and sample_rate != self.stream.sample_rate:
@@ -232,24 +239,33 @@ class AngerDetector:
                 raise ValueError("the sample rate cannot change within a stream; call reset() first")
             self.stream = Stream(self.config, sample_rate)
         self.stream.push(audio.to_float(samples))
-        return self._run()
+        return score_pending(self.model, self.stream)
 
     def flush(self) -> list[Event]:
         """End the stream: score the last partial windows, close an open anger segment, start afresh."""
         self.stream.finish()
-        events = self._run()
+        events = score_pending(self.model, self.stream) + self.stream.close()
         self.reset()
         return events
 
-    def score(self, samples: np.ndarray, sample_rate: int = audio.SAMPLE_RATE) -> np.ndarray:
-        """Offline: p(anger) for every window of a whole signal (NaN where silent), in batches."""
-        x = audio.to_float(samples)
-        x = np.nan_to_num(audio.mixdown(x), nan=0.0, posinf=0.0, neginf=0.0)
+    def analyse(self, samples: np.ndarray, sample_rate: int = audio.SAMPLE_RATE) -> list[Event]:
+        """Offline: the windows and anger events of a whole signal, as a live stream of it would give them.
+
+        The signal (mono, or frames x channels, mixed down) is resampled in one go (resample_poly) and
+        scored in batches; the detector's own stream is left untouched.
+        """
+        x = np.nan_to_num(audio.mixdown(audio.to_float(samples)), nan=0.0, posinf=0.0, neginf=0.0)
         x = audio.resample(x, sample_rate)
-        c = self.config
-        bounds = audio.window_bounds(len(x), c.window, c.hop, c.min_audio)
-        probs = [np.zeros(0)]
-        for i in range(0, len(bounds), 64):
-            segments = [Segment(s, x[s:e]) for s, e in bounds[i : i + 64]]
-            probs.append(score_windows(self.model, segments, c)[0])
-        return np.concatenate(probs)
+        stream = Stream(self.config)
+        events: list[Event] = []
+        step = 64 * self.config.hop  # at most 64 windows per model call
+        for i in range(0, len(x), step):
+            stream.push(x[i : i + step])
+            events += score_pending(self.model, stream)
+        stream.finish()
+        return events + score_pending(self.model, stream) + stream.close()
+
+    def score(self, samples: np.ndarray, sample_rate: int = audio.SAMPLE_RATE) -> np.ndarray:
+        """Offline: p(anger) for every window of a whole signal (NaN where silent)."""
+        windows = [e for e in self.analyse(samples, sample_rate) if isinstance(e, Window)]
+        return np.array([np.nan if w.p is None else w.p for w in windows], dtype=np.float64)

@@ -37,13 +37,15 @@ class Window:
 
 @dataclass(frozen=True)
 class AngerStart:
-    """Anger confirmed at stream time t by a window with probability p."""
+    """Anger confirmed at stream time t by a window with probability p; `onset` is where the first window
+    of the angry run began (equal to t - window for patience 1)."""
 
     t: float
     p: float
+    onset: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "anger_start", "t": round(self.t, 3), "p": round(self.p, 4)}
+        return {"type": "anger_start", "t": round(self.t, 3), "p": round(self.p, 4), "onset": round(self.onset, 3)}
 
 
 @dataclass(frozen=True)

@@ -56,5 +56,6 @@ class StreamSet:
             out[sid] = stream.events(segs, probs[i : i + len(segs)], levels[i : i + len(segs)])
             i += len(segs)
             if stream.ended:
+                out[sid] += stream.close()
                 del self.streams[sid]
         return out

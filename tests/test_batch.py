@@ -312,9 +312,9 @@ def test_segments_are_the_live_detectors(peak_model: Path) -> None:
     x = np.concatenate([tone, noise, tone, np.zeros(32000, np.float32), noise[:20000]])
     detector = AngerDetector(peak_model, 0.6)
     events = [e for i in range(0, len(x), 1600) for e in detector.feed(x[i : i + 1600])] + detector.flush()
-    starts = [e.t for e in events if isinstance(e, AngerStart)]
+    starts = [e.onset for e in events if isinstance(e, AngerStart)]
     ends = [e.t for e in events if isinstance(e, AngerEnd)]
-    result = summarise(detector.score(x), len(x), detector.config)
+    result = summarise(detector.analyse(x), detector.config.threshold)
     assert len(starts) == 2
     assert result["segments"] == [[round(a, 3), round(b, 3)] for a, b in zip(starts, ends, strict=True)]
     assert None in result["windows"] and result["p_max"] > 0.9

@@ -45,6 +45,14 @@ def test_any_chunk_size_gives_the_offline_scores(detector: AngerDetector, speech
     assert np.isnan(reference[0]) and np.isfinite(reference).sum() >= 4
 
 
+def test_analyse_gives_the_live_events(speech_wav: Path) -> None:
+    x, rate = read_mono(speech_wav)
+    detector = AngerDetector(threshold=0.05, patience=2)
+    live = feed_in_chunks(detector, x, 4096, rate)
+    assert [e.to_dict() for e in detector.analyse(x, rate)] == [e.to_dict() for e in live]
+    assert any(isinstance(e, AngerStart) for e in live)
+
+
 def test_8khz_stream_matches_offline_scores(detector: AngerDetector, speech_wav: Path) -> None:
     x, _ = read_mono(speech_wav)
     x8 = resample_poly(x, 1, 2).astype(np.float32)
@@ -99,7 +107,7 @@ def test_events_with_patience_and_hysteresis() -> None:
     tracker = EventTracker(DetectorConfig(threshold=0.6, patience=2, hysteresis=0.1))
     out = [tracker.update(window(1.2 + 0.6 * i, p)) for i, p in enumerate([0.7, 0.3, 0.7, 0.8, 0.55, 0.95, 0.4])]
     assert out[0] == [] and out[2] == []  # one angry window is not enough with patience 2
-    assert out[3] == [AngerStart(t=pytest.approx(3.0), p=0.8)]
+    assert out[3] == [AngerStart(t=pytest.approx(3.0), p=0.8, onset=pytest.approx(1.2))]
     assert out[4] == [] and out[5] == []  # 0.55 is inside the hysteresis band
     assert out[6] == [AngerEnd(t=pytest.approx(4.8), duration=pytest.approx(1.8), p_max=0.95)]
 
