@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from anger_stream import audio
-from tools.data import WINDOW, BalancedBatches, Track, augment, crop_starts
+from tools.data import WINDOW, BalancedBatches, Track, augment, crop_starts, fill_zeros
 from tools.manifest import Clip
 from tools.train import main, thresholds
+from tools.window_cues import speech_share
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -35,6 +36,49 @@ def test_crops_avoid_digital_silence() -> None:
         window = x[s : s + WINDOW]
         assert audio.dbfs(window) >= audio.MIN_DBFS
         assert np.mean(window != 0) >= 0.6
+
+
+def test_min_active_admits_edge_crops_that_pass_the_gate() -> None:
+    x = speech_like(np.random.default_rng(4), seconds=3.0, lead=1.0)
+    strict, loose = crop_starts(x), crop_starts(x, min_active=0.25)
+    assert set(strict) < set(loose)
+    shares = [np.mean(x[s : s + WINDOW] != 0) for s in loose]
+    assert min(shares) < 0.6 and min(shares) >= 0.25 - 0.01
+    assert all(audio.dbfs(x[s : s + WINDOW]) >= audio.MIN_DBFS for s in loose)
+
+
+def test_fill_zeros_replaces_only_digital_zeros() -> None:
+    rng = np.random.default_rng(5)
+    x = speech_like(rng, seconds=2.0, lead=0.5)
+    x[8000 + np.arange(0, 4000, 7)] = 0.0  # isolated zeros inside the speech part
+    zero = x == 0
+    y = fill_zeros(x, rng)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.array_equal(y[~zero], x[~zero])
+    assert np.all(y[zero] != 0)
+    rms = np.sqrt(np.mean(np.square(x[~zero])))
+    level = 20 * np.log10(np.sqrt(np.mean(np.square(y[zero]))) / rms)
+    assert -72 < level < -48
+    assert np.array_equal(fill_zeros(np.zeros(10, np.float32), rng), np.zeros(10, np.float32))
+    assert np.all(x[zero] == 0)  # input untouched
+
+
+def test_augmentation_with_zero_noise_has_no_digital_zeros() -> None:
+    rng = np.random.default_rng(6)
+    x = speech_like(rng, seconds=3.0, lead=1.0)
+    for start in crop_starts(x, min_active=0.25)[:3]:
+        y = augment(x, int(start), rng, zero_noise=True)
+        assert y.shape == (WINDOW,) and y.dtype == np.float32 and np.isfinite(y).all()
+        assert np.all(y != 0)
+
+
+def test_speech_share_counts_padding_and_quiet_frames_as_inactive() -> None:
+    x = speech_like(np.random.default_rng(7), seconds=1.2, lead=0.3)  # 0.3 s zeros, 0.9 s noise
+    assert speech_share(x) == pytest.approx(0.75)
+    assert speech_share(x[: WINDOW // 2]) == pytest.approx(0.25)  # zero-padded to the window
+    y = x.copy()
+    y[:4800] = 1e-4 * np.random.default_rng(8).normal(size=4800)  # -80 dB re the speech: inactive
+    assert speech_share(y) == pytest.approx(0.75)
 
 
 def test_augmentation_keeps_length_and_dtype() -> None:

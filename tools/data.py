@@ -49,8 +49,9 @@ def decode(path: str | Path) -> np.ndarray:
     return audio.mixdown(x)
 
 
-def crop_starts(x: np.ndarray, step: int = FRAME) -> np.ndarray:
-    """Starts (every `step` samples) of WINDOW crops with >= MIN_AUDIO samples that are mostly speech."""
+def crop_starts(x: np.ndarray, step: int = FRAME, min_active: float = MIN_ACTIVE) -> np.ndarray:
+    """Starts (every `step` samples) of WINDOW crops with >= MIN_AUDIO samples that pass the silence gate
+    and have at least `min_active` active frames."""
     n_frames = len(x) // FRAME
     frames = x[: n_frames * FRAME].reshape(n_frames, FRAME)
     level = np.asarray(audio.dbfs(frames))
@@ -60,18 +61,18 @@ def crop_starts(x: np.ndarray, step: int = FRAME) -> np.ndarray:
     first = starts // FRAME
     last = np.minimum((starts + WINDOW) // FRAME, n_frames)
     share = (csum[last] - csum[first]) / (WINDOW // FRAME)
-    ok = share >= MIN_ACTIVE
+    ok = share >= min_active
     ok[ok] = [audio.dbfs(x[s : s + WINDOW]) >= audio.MIN_DBFS for s in starts[ok]]
     return starts[ok]
 
 
-def load_tracks(manifests: Sequence[str | Path], split: str) -> list[Track]:
+def load_tracks(manifests: Sequence[str | Path], split: str, min_active: float = MIN_ACTIVE) -> list[Track]:
     """Decoded clips of one split of several manifests; clips without a valid crop are dropped."""
     tracks = []
     for manifest in manifests:
         for clip in load_manifest(manifest, split):
             x = decode(clip.path)
-            tracks.append(Track(clip, x, crop_starts(x)))
+            tracks.append(Track(clip, x, crop_starts(x, min_active=min_active)))
     return [t for t in tracks if len(t.starts)]
 
 
@@ -84,18 +85,36 @@ def crop(x: np.ndarray, start: int, length: int = WINDOW) -> np.ndarray:
     return out
 
 
-def augment(x: np.ndarray, start: int, rng: np.random.Generator) -> np.ndarray:
+def fill_zeros(x: np.ndarray, rng: np.random.Generator, low_db: float = -70.0, high_db: float = -50.0) -> np.ndarray:
+    """A copy of x with every exact digital zero replaced by Gaussian noise at a level drawn from
+    U[low_db, high_db] relative to the RMS of the non-zero samples (real microphones never deliver exact
+    zeros, so digital silence must not be a cue). Unchanged if x is all zeros or has none."""
+    zero = x == 0
+    if zero.all() or not zero.any():
+        return x.copy()
+    rms = float(np.sqrt(np.mean(np.square(x[~zero], dtype=np.float64))))
+    sigma = rms * 10.0 ** (rng.uniform(low_db, high_db) / 20.0)
+    out = x.copy()
+    out[zero] = rng.normal(0.0, sigma, int(zero.sum())).astype(x.dtype)
+    return out
+
+
+def augment(x: np.ndarray, start: int, rng: np.random.Generator, zero_noise: bool = False) -> np.ndarray:
     """A WINDOW crop at `start`, time-stretched U[0.9, 1.1], pitch-shifted U[-5, 5] quarter-tones, plus
     Gaussian noise with sigma U[0, 0.005 * peak].
 
     Stretch and shift are one librosa phase-vocoder stretch followed by one soxr resampling (what
     `librosa.effects.pitch_shift` does internally), on a slightly longer segment that is cut afterwards.
+    With `zero_noise`, digital zeros of the segment (incl. padding past the clip) are first replaced by a
+    noise floor (`fill_zeros`).
     """
     stretch = rng.uniform(0.9, 1.1)
     semitones = rng.uniform(-5, 5) / 2
     shift = 2.0 ** (-semitones / 12)
     need = int(np.ceil(WINDOW * stretch)) + 2 * MARGIN
     seg = crop(x, start - MARGIN, need)
+    if zero_noise:
+        seg = fill_zeros(seg, rng)
     y = librosa.effects.time_stretch(seg, rate=stretch * shift)
     y = librosa.resample(y, orig_sr=SR / shift, target_sr=SR, res_type="soxr_hq")
     offset = max((len(y) - WINDOW) // 2, 0)
@@ -104,10 +123,12 @@ def augment(x: np.ndarray, start: int, rng: np.random.Generator) -> np.ndarray:
     return y
 
 
-def example(track: Track, rng: np.random.Generator, train: bool) -> np.ndarray:
+def example(track: Track, rng: np.random.Generator, train: bool, zero_noise: bool = False) -> np.ndarray:
     """One prepared (normalised) training example from a random valid crop of the track."""
     start = int(rng.choice(track.starts))
-    x = augment(track.samples, start, rng) if train else crop(track.samples, start)
+    x = augment(track.samples, start, rng, zero_noise) if train else crop(track.samples, start)
+    if zero_noise and not train:
+        x = fill_zeros(x, rng)
     return audio.prepare_window(x, WINDOW)
 
 
@@ -118,7 +139,9 @@ class BalancedBatches(torch.utils.data.IterableDataset):
     conditions, language) says nothing about the label; clips are drawn uniformly within corpus and class.
     """
 
-    def __init__(self, tracks: list[Track], seed: int, half: int = 5, augment: bool = True) -> None:
+    def __init__(
+        self, tracks: list[Track], seed: int, half: int = 5, augment: bool = True, zero_noise: bool = False
+    ) -> None:
         super().__init__()
         self.tracks = tracks
         corpora = sorted({t.clip.corpus for t in tracks})
@@ -129,6 +152,7 @@ class BalancedBatches(torch.utils.data.IterableDataset):
         self.seed = seed
         self.half = half
         self.augment = augment
+        self.zero_noise = zero_noise
 
     def indices(self, rng: np.random.Generator) -> np.ndarray:
         """Track indices of one batch: `half` non-angry, then their `half` angry partners."""
@@ -140,7 +164,7 @@ class BalancedBatches(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         while True:
             idx = self.indices(rng)
-            x = np.stack([example(self.tracks[i], rng, self.augment) for i in idx])
+            x = np.stack([example(self.tracks[i], rng, self.augment, self.zero_noise) for i in idx])
             y = np.array([self.tracks[i].clip.anger for i in idx])
             yield torch.from_numpy(x), torch.from_numpy(y)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from tools.data import BalancedBatches, decode, load_tracks, windows
+from tools.data import MIN_ACTIVE, BalancedBatches, decode, load_tracks, windows
 from tools.fcn import FCN, AngerProbability, build
 from tools.manifest import load_manifest
 
@@ -89,6 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dropout", type=float, default=0.5)
     ap.add_argument("--workers", type=int, default=1, help="data-loading processes (0: in the main one)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--min-active", type=float, default=MIN_ACTIVE, help="least share of active 10 ms frames in a training crop"
+    )
+    ap.add_argument("--zero-noise", action="store_true", help="replace digital zeros in crops by a noise floor")
     ap.add_argument("--out", type=Path, required=True)
     return ap.parse_args(argv)
 
@@ -100,7 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     model = build(args.variant, args.pretrained, args.dropout)
     val = eval_set(args.manifest, "val")
-    batches = BalancedBatches(load_tracks(args.manifest, "train"), args.seed)
+    batches = BalancedBatches(
+        load_tracks(args.manifest, "train", args.min_active), args.seed, zero_noise=args.zero_noise
+    )
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0
     )
@@ -159,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps,
         "lr": args.lr,
         "dropout": args.dropout,
+        "min_active": args.min_active,
+        "zero_noise": args.zero_noise,
         "best_step": best["step"],
         "final": final,
         "thresholds": thresholds(val.y, p_val),
