@@ -40,8 +40,8 @@ $(VENV)/.test-installed: pyproject.toml
 model: $(VENV)/.test-installed  ## retrain and export the shipped model from the corpora in $(SHARED)
 	$(BIN)/python -m tools.train --manifest $(SHARED)/data/ravdess/manifest.csv --manifest $(SHARED)/data/ased/manifest.csv \
 	  --dev $(SHARED)/data/emodb/manifest.csv --pretrained $(SHARED)/pretrained/soundnet8_conv1-5.npz \
-	  --variant T3 --seed 10 --steps 4000 --threads 1 --out runs/T3_RA_s10_4k
-	$(BIN)/python -m tools.export --checkpoint runs/T3_RA_s10_4k/best.pt --out models/anger_fcn.onnx
+	  --variant T3 --seed 11 --steps 4000 --threads 1 --min-active 0.25 --zero-noise --out runs/T3_RA_s11_4k_ma25zn
+	$(BIN)/python -m tools.export --checkpoint runs/T3_RA_s11_4k_ma25zn/best.pt --out models/anger_fcn.onnx
 
 evaluate: $(VENV)/.test-installed  ## window and utterance AUROC of the shipped model on the test speakers
 	$(BIN)/python -m tools.evaluate --model models/anger_fcn.onnx --manifest $(SHARED)/data/ravdess/manifest.csv \
