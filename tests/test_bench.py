@@ -130,8 +130,10 @@ def test_fast_stream_push_gives_the_same_windows() -> None:
 
 def test_proposed_stream_set_gives_the_same_events(model_path: Path) -> None:
     model = AngerModel(model_path)
-    current = StreamSet(model)
+    config = DetectorConfig(threshold=0.0)  # every scored window is angry: segments are open at the end
+    current = StreamSet(model, config)
     proposed = proposals.ProposedStreamSet(model, max_batch=3, workers=2, fast_push=True, fast_score=True)
+    proposed.config = config
     rng = np.random.default_rng(4)
     audio_by_stream = {i: (0.1 * i * rng.standard_normal(60_000)).astype(np.float32) for i in range(5)}
     results = []
@@ -151,3 +153,4 @@ def test_proposed_stream_set_gives_the_same_events(model_path: Path) -> None:
         results.append(out)
     assert results[0] == results[1]
     assert sum(len(v) for v in results[0].values()) > 20
+    assert any(type(e).__name__ == "AngerEnd" for v in results[0].values() for e in v)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
 
-from anger_stream import audio
-from anger_stream.detector import AngerDetector, DetectorConfig, Segment, Stream
+from anger_stream.detector import DetectorConfig, Segment, Stream
 from anger_stream.detector import score_windows as current_score
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
 from tools.bench_e2e import NullModel, StreamLoad
-from tools.proposals import FastStream, ProposedStreamSet, SmallBatchDetector, TunedModel
+from tools.proposals import FastStream, ProposedStreamSet, TunedModel
 from tools.proposals import score_windows as proposed_score
 from tools.timing import Budget, Stats, interleaved, session
 
@@ -138,20 +136,6 @@ def preparation_rows(x16: np.ndarray, seconds: float) -> list[dict]:
     return rows
 
 
-def offline_row(path: str, x16: np.ndarray, seconds: float) -> dict:
-    """AngerDetector.score on `seconds` of 16 kHz speech: batches of 64 (current) -> 4 windows."""
-    x = np.tile(x16, int(np.ceil(seconds * audio.SAMPLE_RATE / len(x16))))[: round(seconds * audio.SAMPLE_RATE)]
-    model = AngerModel(path)
-    current, small = AngerDetector(model), SmallBatchDetector(model, 4)
-    times: dict[str, list[float]] = {"64": [], "4": []}
-    for _ in range(5):
-        for k, det in (("64", current), ("4", small)):
-            t0 = time.perf_counter()
-            det.score(x)
-            times[k].append(time.perf_counter() - t0)
-    return row(f"AngerDetector.score batches 64 -> 4 ({seconds:.0f} s of audio)", "s", times["64"], times["4"], 1)
-
-
 def measure_all(models: dict, x: np.ndarray, x16: np.ndarray, batches: dict[str, int], b: Budget) -> list[dict]:
     """Every row of the optimisations table; `batches`: the proposed StreamSet max_batch per model."""
     paths = {k: str(v) for k, v in models.items()}
@@ -160,5 +144,4 @@ def measure_all(models: dict, x: np.ndarray, x16: np.ndarray, batches: dict[str,
     for name, path in paths.items():
         rows += streamset_rows(name, path, x16, batches[name], n, cycles)
     rows.append(spinning_row(paths["fp32"], x16, n, cycles))
-    rows.append(offline_row(paths["fp32"], x16, 10 if b.quick else 60))
     return rows

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from anger_stream import audio, streams
-from anger_stream.detector import AngerDetector, DetectorConfig, Segment, Stream
+from anger_stream.detector import DetectorConfig, Segment, Stream
 from anger_stream.detector import score_windows as current_score
 from anger_stream.events import Event
 from anger_stream.model import AngerModel
@@ -122,6 +122,7 @@ class ProposedStreamSet(streams.StreamSet):
             out[sid] = stream.events(segs, probs[i : i + len(segs)], levels[i : i + len(segs)])
             i += len(segs)
             if stream.ended:
+                out[sid] += stream.close()
                 del self.streams[sid]
         return out
 
@@ -132,23 +133,3 @@ class TunedModel(AngerModel):
     def __init__(self, path: str, threads: int, spinning: bool) -> None:
         super().__init__(path, threads)
         self.session = session(path, threads, spinning)
-
-
-class SmallBatchDetector(AngerDetector):
-    """AngerDetector.score with model calls of `batch` windows instead of 64 (measured, not proposed)."""
-
-    def __init__(self, model: AngerModel, batch: int) -> None:
-        super().__init__(model)
-        self.batch = batch
-
-    def score(self, samples: np.ndarray, sample_rate: int = audio.SAMPLE_RATE) -> np.ndarray:
-        x = audio.to_float(samples)
-        x = np.nan_to_num(audio.mixdown(x), nan=0.0, posinf=0.0, neginf=0.0)
-        x = audio.resample(x, sample_rate)
-        c = self.config
-        bounds = audio.window_bounds(len(x), c.window, c.hop, c.min_audio)
-        probs = [np.zeros(0)]
-        for i in range(0, len(bounds), self.batch):
-            segments = [Segment(s, x[s:e]) for s, e in bounds[i : i + self.batch]]
-            probs.append(score_windows(self.model, segments, c)[0])
-        return np.concatenate(probs)
