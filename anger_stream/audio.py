@@ -28,12 +28,29 @@ MIN_DBFS = -50.0
 """Default silence gate: windows quieter than this are not scored."""
 
 
+def _centred(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Windows (last axis) with their DC removed, in float64, and their mean square (keepdims)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape[-1] == 0:
+        return x, np.zeros((*x.shape[:-1], 1))
+    x = x - x.mean(axis=-1, keepdims=True)
+    return x, np.mean(np.square(x), axis=-1, keepdims=True)
+
+
+def _level(ms: np.ndarray) -> np.ndarray | float:
+    level = 10.0 * np.log10(np.maximum(ms[..., 0], 10.0 ** (SILENCE_DBFS / 10.0)))
+    return float(level) if np.ndim(level) == 0 else level
+
+
+def _scaled(x: np.ndarray, ms: np.ndarray) -> np.ndarray:
+    rms = np.sqrt(ms)
+    gain = np.divide(10.0 ** (TARGET_DBFS / 20.0) * FULL_SCALE, rms, out=np.zeros_like(rms), where=rms > 1e-10)
+    return (x * gain).astype(np.float32)
+
+
 def dbfs(x: np.ndarray) -> np.ndarray | float:
     """RMS level in dBFS (full scale 1.0) along the last axis, DC removed, floored at SILENCE_DBFS."""
-    x = np.asarray(x, dtype=np.float64)
-    ms = np.var(x, axis=-1) if x.shape[-1] else np.zeros(x.shape[:-1])
-    level = 10.0 * np.log10(np.maximum(ms, 10.0 ** (SILENCE_DBFS / 10.0)))
-    return float(level) if np.ndim(level) == 0 else level
+    return _level(_centred(x)[1])
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -41,14 +58,13 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
     Digital silence stays silent (zeros), never NaN. Returns float32.
     """
-    x = np.asarray(x, dtype=np.float64)
-    if x.shape[-1] == 0:
-        return x.astype(np.float32)
-    x = x - x.mean(axis=-1, keepdims=True)
-    rms = np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True))
-    target = 10.0 ** (TARGET_DBFS / 20.0) * FULL_SCALE
-    gain = np.divide(target, rms, out=np.zeros_like(rms), where=rms > 1e-10)
-    return (x * gain).astype(np.float32)
+    return _scaled(*_centred(x))
+
+
+def measure_and_normalise(windows: np.ndarray) -> tuple[np.ndarray | float, np.ndarray]:
+    """`dbfs` and `normalise` of the same windows in one pass (the level of full windows, before padding)."""
+    x, ms = _centred(windows)
+    return _level(ms), _scaled(x, ms)
 
 
 def window_bounds(n_samples: int, window: int, hop: int, min_audio: int) -> list[tuple[int, int]]:

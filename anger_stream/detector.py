@@ -156,7 +156,9 @@ class Stream:
 
     def push(self, samples: np.ndarray) -> None:
         """Queue float samples in [-1, 1] at the stream's rate (non-finite values count as silence)."""
-        x = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if not np.isfinite(x).all():  # checking first is much cheaper than an unconditional copy
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         if self._resampler is not None:
             x = self._resampler.process(x)
         self.pending += self.windower.push(x)
@@ -191,13 +193,24 @@ class Stream:
 
 
 def score_windows(model: AngerModel, segments: list[Segment], config: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(p, dBFS) per segment, in one batched model call; p is NaN for windows below the silence gate."""
-    levels = np.array([audio.dbfs(s.audio) for s in segments], dtype=np.float64)
-    probs = np.full(len(segments), np.nan, dtype=np.float64)
+    """(p, dBFS) per segment, in one batched model call; p is NaN for windows below the silence gate.
+
+    Full windows are measured and normalised together in one vectorised pass; the short last windows of a
+    stream are measured on their real samples and zero-padded.
+    """
+    n = len(segments)
+    levels = np.empty(n, dtype=np.float64)
+    batch = np.empty((n, config.window), dtype=np.float32)
+    full = [i for i, s in enumerate(segments) if len(s.audio) == config.window]
+    if full:
+        levels[full], batch[full] = audio.measure_and_normalise(np.stack([segments[i].audio for i in full]))
+    for i in sorted(set(range(n)) - set(full)):
+        levels[i] = audio.dbfs(segments[i].audio)
+        batch[i] = audio.prepare_window(segments[i].audio, config.window)
+    probs = np.full(n, np.nan, dtype=np.float64)
     loud = np.flatnonzero(levels >= config.min_dbfs)
     if len(loud):
-        batch = np.stack([audio.prepare_window(segments[i].audio, config.window) for i in loud])
-        probs[loud] = model.predict(batch)
+        probs[loud] = model.predict(batch if len(loud) == n else batch[loud])
     return probs, levels
 
 

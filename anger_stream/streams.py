@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import audio
-from .detector import DetectorConfig, Stream, score_windows
+from .detector import DetectorConfig, Segment, Stream, score_windows
 from .events import Event
 from .model import AngerModel
 
@@ -17,12 +18,20 @@ class StreamSet:
 
     Each stream has its own resampler, window buffer, silence gate and event state, so one stream's input
     never affects another's results, which equal those of a single `AngerDetector` on the same audio.
+
+    Windows are scored in small batches (`max_batch`: larger ones push the activations out of the CPU caches)
+    by `workers` threads at once. Give it a one-thread model: onnxruntime releases the GIL, so two
+    one-thread calls use two cores, which two intra-op threads on a small batch do not (docs/benchmarks.md).
     """
 
-    def __init__(self, model: AngerModel, config: DetectorConfig | None = None, max_batch: int = 256) -> None:
+    def __init__(
+        self, model: AngerModel, config: DetectorConfig | None = None, max_batch: int = 4, workers: int = 2
+    ) -> None:
         self.model = model
         self.config = config or DetectorConfig()
         self.max_batch = max_batch
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="anger-score") if workers > 1 else None
         self.streams: dict[Hashable, Stream] = {}
 
     def add(self, stream_id: Hashable, sample_rate: int = audio.SAMPLE_RATE) -> None:
@@ -41,15 +50,21 @@ class StreamSet:
     def __len__(self) -> int:
         return len(self.streams)
 
+    def _score(self, segments: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """(p, dBFS) of consecutive segments, max_batch windows per model call."""
+        step = self.max_batch
+        return _join(
+            [score_windows(self.model, segments[i : i + step], self.config) for i in range(0, len(segments), step)]
+        )
+
     def tick(self) -> dict[Hashable, list[Event]]:
         """Score all due windows of all streams in batches; ended streams are removed afterwards."""
         due = [(sid, s, s.take()) for sid, s in self.streams.items() if s.pending or s.ended]
         segments = [seg for _, _, segs in due for seg in segs]
-        probs = np.zeros(0)
-        levels = np.zeros(0)
-        for i in range(0, len(segments), self.max_batch):
-            p, lv = score_windows(self.model, segments[i : i + self.max_batch], self.config)
-            probs, levels = np.concatenate([probs, p]), np.concatenate([levels, lv])
+        size = max(-(-len(segments) // self.workers), 1)
+        shards = [segments[i : i + size] for i in range(0, len(segments), size)]
+        scored = self._pool.map(self._score, shards) if self._pool and len(shards) > 1 else map(self._score, shards)
+        probs, levels = _join(list(scored))
         out: dict[Hashable, list[Event]] = {}
         i = 0
         for sid, stream, segs in due:
@@ -59,3 +74,10 @@ class StreamSet:
                 out[sid] += stream.close()
                 del self.streams[sid]
         return out
+
+
+def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate (probs, levels) pairs in order."""
+    return np.concatenate([np.zeros(0), *(p for p, _ in parts)]), np.concatenate(
+        [np.zeros(0), *(lv for _, lv in parts)]
+    )

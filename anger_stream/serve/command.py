@@ -44,8 +44,10 @@ def serve(
     marks: Annotated[
         bool, typer.Option("--marks", help="Media Streams: send a mark per anger event (bidirectional streams).")
     ] = False,
-    threads: Annotated[int, typer.Option(min=1, help="Concurrent model runs per batch.")] = min(2, os.cpu_count() or 1),
-    max_batch: Annotated[int, typer.Option(min=1, help="Most windows per model call.")] = 256,
+    threads: Annotated[int, typer.Option(min=1, help="Concurrent scoring threads per tick.")] = min(
+        2, os.cpu_count() or 1
+    ),
+    max_batch: Annotated[int, typer.Option(min=1, help="Most windows per model call.")] = 4,
 ) -> None:
     """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.
 
@@ -57,7 +59,7 @@ def serve(
     from ..detector import DetectorConfig
     from ..model import AngerModel, ModelError
     from ..streams import StreamSet
-    from .server import Hub, Listen, ListenError, ParallelModel, warm_up
+    from .server import Hub, Listen, ListenError, warm_up
     from .server import serve as run_servers
 
     if audiosocket is None and mediastream is None:
@@ -79,7 +81,7 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:
-        streams = StreamSet(ParallelModel(AngerModel(model), threads), config, max_batch=max_batch)
+        streams = StreamSet(AngerModel(model, threads=1), config, max_batch=max_batch, workers=threads)
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
 

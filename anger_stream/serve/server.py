@@ -26,7 +26,6 @@ import numpy as np
 from .. import audio
 from ..detector import Stream, score_windows
 from ..events import AngerStart, Event, Status, Window, to_json
-from ..model import AngerModel
 from ..streams import StreamSet
 from . import audiosocket, mediastream
 
@@ -205,26 +204,6 @@ class Hub:
                 del self.calls[call.call_id]
         if not self.calls:
             self._idle.set()
-
-
-class ParallelModel:
-    """An AngerModel whose batches are split over `runs` concurrent single-threaded runs of its session.
-
-    onnxruntime's own intra-op threads spin while they wait, which costs more than it gains on a busy
-    machine; concurrent runs of one session (thread-safe, without the GIL) use the cores without that.
-    """
-
-    def __init__(self, model: AngerModel, runs: int) -> None:
-        self.model = model
-        self.runs = runs
-        self._pool = ThreadPoolExecutor(max_workers=max(runs - 1, 1), thread_name_prefix="anger-model")
-
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        if self.runs == 1 or len(windows) < 2 * self.runs:
-            return self.model.predict(windows)
-        first, *rest = np.array_split(windows, self.runs)
-        futures = [self._pool.submit(self.model.predict, part) for part in rest]
-        return np.concatenate([self.model.predict(first), *(f.result() for f in futures)])
 
 
 def warm_up(streams: StreamSet, rates: tuple[int, ...] = (8_000,)) -> None:
