@@ -9,11 +9,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from anger_stream import detector
+from anger_stream import audio, detector
 from anger_stream.detector import DetectorConfig, Segment, Stream
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
-from tools import onnxgraph, proposals
+from tools import onnxgraph
 from tools.fcn import paper_blocks
 from tools.timing import Stats
 
@@ -100,7 +100,7 @@ def test_stats_of_known_samples() -> None:
     assert s.iqr_rel == pytest.approx((75.25 - 25.75) / 2 / 25.25)
 
 
-def test_proposed_score_windows_gives_the_same_results(model_path: Path) -> None:
+def test_score_windows_matches_the_per_window_path(model_path: Path) -> None:
     rng = np.random.default_rng(2)
     config = DetectorConfig()
     segments = [
@@ -111,33 +111,40 @@ def test_proposed_score_windows_gives_the_same_results(model_path: Path) -> None
         Segment(4, (0.02 * rng.standard_normal(WINDOW)).astype(np.float32)),
     ]
     model = AngerModel(model_path)
-    p0, l0 = detector.score_windows(model, segments, config)
-    p1, l1 = proposals.score_windows(model, segments, config)
-    np.testing.assert_array_equal(l1, l0)
-    np.testing.assert_array_equal(p1, p0)
+    probs, levels = detector.score_windows(model, segments, config)
+    expected = np.array([audio.dbfs(s.audio) for s in segments])
+    np.testing.assert_allclose(levels, expected, rtol=0, atol=1e-9)
+    loud = np.flatnonzero(expected >= config.min_dbfs)
+    assert np.isnan(probs[np.setdiff1d(np.arange(len(segments)), loud)]).all()
+    batch = np.stack([audio.prepare_window(segments[i].audio, config.window) for i in loud])
+    np.testing.assert_allclose(probs[loud], model.predict(batch), rtol=0, atol=1e-6)
 
 
-def test_fast_stream_push_gives_the_same_windows() -> None:
-    x = np.random.default_rng(3).standard_normal(40_000).astype(np.float32)
-    x[100] = np.nan
-    a, b = Stream(DetectorConfig(), 44_100), proposals.FastStream(DetectorConfig(), 44_100)
-    for chunk in np.array_split(x, 7):
-        a.push(chunk)
-        b.push(chunk)
-    assert [s.start for s in a.pending] == [s.start for s in b.pending]
+def test_stream_push_replaces_non_finite_samples() -> None:
+    x = np.random.default_rng(3).standard_normal(100_000).astype(np.float32)
+    dirty = x.copy()
+    dirty[[100, 2_000, 90_000]] = [np.nan, np.inf, -np.inf]
+    clean = x.copy()
+    clean[[100, 2_000, 90_000]] = 0.0
+    a, b = Stream(DetectorConfig(), 44_100), Stream(DetectorConfig(), 44_100)
+    for d, c in zip(np.array_split(dirty, 7), np.array_split(clean, 7), strict=True):
+        a.push(d)
+        b.push(c)
+    assert [s.start for s in a.pending] == [s.start for s in b.pending] and a.pending
     assert all(np.array_equal(s.audio, t.audio) for s, t in zip(a.pending, b.pending, strict=True))
 
 
-def test_proposed_stream_set_gives_the_same_events(model_path: Path) -> None:
-    model = AngerModel(model_path)
+def test_stream_set_workers_and_batches_give_the_same_events(model_path: Path) -> None:
+    """The benchmark's setting (1-thread session, 2 workers, small batches) against one big batch, no workers."""
     config = DetectorConfig(threshold=0.0)  # every scored window is angry: segments are open at the end
-    current = StreamSet(model, config)
-    proposed = proposals.ProposedStreamSet(model, max_batch=3, workers=2, fast_push=True, fast_score=True)
-    proposed.config = config
+    sets = [
+        StreamSet(AngerModel(model_path, threads=2), config, max_batch=256, workers=1),
+        StreamSet(AngerModel(model_path, threads=1), config, max_batch=3, workers=2),
+    ]
     rng = np.random.default_rng(4)
     audio_by_stream = {i: (0.1 * i * rng.standard_normal(60_000)).astype(np.float32) for i in range(5)}
     results = []
-    for streams in (current, proposed):
+    for streams in sets:
         out: dict = {i: [] for i in audio_by_stream}
         for i in audio_by_stream:
             streams.add(i)
@@ -154,3 +161,15 @@ def test_proposed_stream_set_gives_the_same_events(model_path: Path) -> None:
     assert results[0] == results[1]
     assert sum(len(v) for v in results[0].values()) > 20
     assert any(type(e).__name__ == "AngerEnd" for v in results[0].values() for e in v)
+
+
+def test_applied_rows_compare_with_the_previous_run() -> None:
+    from tools import bench_opt
+
+    python = {
+        k: Stats.of([v * 1e-6 / 2])
+        for k, v in (("push", bench_opt.BEFORE["push_us"]), ("score4", bench_opt.BEFORE["score4_us"]))
+    }
+    streams = {"overhead": {"us_per_stream": 100.0}, "fp32": {"sustained_streams": 532}}
+    rows = bench_opt.applied_rows(python, streams)
+    assert [round(r["speedup"], 6) for r in rows] == [2.0, 2.0, round(bench_opt.BEFORE["overhead_us"] / 100, 6), 2.0]

@@ -3,7 +3,8 @@
 All figures come from one run on this machine and go to docs/benchmarks.md and docs/benchmarks.json:
 single-window latency (onnxruntime vs PyTorch eager vs openSMILE eGeMAPS), batched throughput, FLOP/s
 against the measured matmul peak, offline scoring speed, CLI cold start and RSS, StreamSet capacity,
-and the optimisations table (each change measured before/after, interleaved). --quick is a ~45 s smoke.
+and the optimisations tables (the changes of b39b2be against the previous run's figures; session
+and StreamSet settings measured before/after in this run, interleaved). --quick is a ~45 s smoke.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +30,6 @@ from tools import bench_e2e, bench_opt, peak
 from tools.bench_report import write_markdown
 from tools.manifest import load_manifest
 from tools.onnxgraph import flops_per_window
-from tools.proposals import ProposedStreamSet
 from tools.timing import Budget, Stats, interleaved, session
 
 WINDOW = round(audio.WINDOW_S * audio.SAMPLE_RATE)
@@ -189,7 +190,7 @@ def hardware(flops: int, rows: list[dict], b: Budget) -> dict:
 
 
 def best_small_batch(rows: list[dict]) -> dict[str, int]:
-    """Per model, the batch size of at most 4 with the most windows/s on 1 thread (the proposed max_batch)."""
+    """Per model, the batch size of at most 4 with the most windows/s on 1 thread (the StreamSet max_batch)."""
     best: dict[str, dict] = {}
     for r in rows:
         if (
@@ -202,27 +203,25 @@ def best_small_batch(rows: list[dict]) -> dict[str, int]:
 
 
 def streams(models: dict[str, Path], x: np.ndarray, batches: dict[str, int], b: Budget) -> dict:
-    """StreamSet capacity on 2 cores per model: the current StreamSet and with all proposals applied.
+    """StreamSet capacity on 2 cores per model: StreamSet(AngerModel(path, threads=1), max_batch, workers=2).
 
-    Also the cycle cost without any model ("overhead"), the ceiling that the Python side alone sets.
+    Also the cycle cost without any model ("overhead", 1 thread), the ceiling that the Python side alone sets.
     """
     n, cycles = (64, 2) if b.quick else (1000, 5)
     out: dict = {
-        "overhead current": bench_e2e.measure_streams(lambda: StreamSet(bench_e2e.NullModel()), x, n, cycles),
-        "overhead proposed": bench_e2e.measure_streams(
-            lambda: ProposedStreamSet(bench_e2e.NullModel(), 4, 1, fast_push=True, fast_score=True), x, n, cycles
+        "overhead": bench_e2e.measure_streams(
+            lambda: StreamSet(bench_e2e.NullModel(), None, max_batch=4, workers=1), x, n, cycles
         ),
     }
     for name, path in models.items():
-        two, one = AngerModel(path, threads=2), AngerModel(path, threads=1)
-        variants: dict[str, Callable[[], StreamSet]] = {
-            "current": lambda m=two: StreamSet(m),
-            "proposed": lambda m=one, n=batches[name]: ProposedStreamSet(m, n, 2, fast_push=True, fast_score=True),
-        }
-        for variant, make in variants.items():
-            out[f"{name} {variant}"] = bench_e2e.capacity(
-                make, x, 64 if b.quick else 256, 2 if b.quick else 5, steps=2 if b.quick else 3
-            )
+        one = AngerModel(path, threads=1)
+        out[name] = bench_e2e.capacity(
+            lambda m=one, k=batches[name]: StreamSet(m, None, max_batch=k, workers=2),
+            x,
+            64 if b.quick else 256,
+            2 if b.quick else 5,
+            steps=2 if b.quick else 3,
+        )
     return out
 
 
@@ -241,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     x16 = speech(90 if args.quick else 240)
     x = prepared(x16, max(BATCHES))
     results: dict = {
+        "command": " ".join(["python -m tools.bench", *(sys.argv[1:] if argv is None else argv)]),
         "environment": environment(),
         "quick": args.quick,
         "models": {k: str(v) for k, v in models.items()},
@@ -255,9 +255,13 @@ def main(argv: list[str] | None = None) -> None:
         "hardware": lambda: hardware(flops, results["throughput"], b),
         "offline": lambda: bench_e2e.offline(args.model, x16, 30 if args.quick else 600),
         "cli": lambda: bench_e2e.cli(args.model, x16, 1 if args.quick else 3),
-        "proposed_max_batch": lambda: best_small_batch(results["throughput"]),
-        "streams": lambda: streams(models, x16, results["proposed_max_batch"], b),
-        "optimisations": lambda: bench_opt.measure_all(models, x, x16, results["proposed_max_batch"], b),
+        "max_batch": lambda: best_small_batch(results["throughput"]),
+        "streams": lambda: streams(models, x16, results["max_batch"], b),
+        "python_side": lambda: {k: v.as_dict() for k, v in bench_opt.python_side(x16, b.t(2.0)).items()},
+        "applied": lambda: bench_opt.applied_rows(
+            {k: Stats(**v) for k, v in results["python_side"].items()}, results["streams"]
+        ),
+        "optimisations": lambda: bench_opt.measure_all(models, x, x16, results["max_batch"], b),
     }
     results["section_s"] = {}
     for name, run in sections.items():

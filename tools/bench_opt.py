@@ -7,13 +7,10 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from anger_stream.detector import DetectorConfig, Segment, Stream
-from anger_stream.detector import score_windows as current_score
+from anger_stream.detector import DetectorConfig, Segment, Stream, score_windows
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
 from tools.bench_e2e import NullModel, StreamLoad
-from tools.proposals import FastStream, ProposedStreamSet, TunedModel
-from tools.proposals import score_windows as proposed_score
 from tools.timing import Budget, Stats, interleaved, session
 
 
@@ -65,23 +62,16 @@ def session_rows(models: dict[str, str], x: np.ndarray, seconds: float, big: int
 
 
 def streamset_rows(name: str, path: str, x16: np.ndarray, batch: int, n: int, cycles: int) -> list[dict]:
-    """The proposed StreamSet changes, cumulative, at n streams: cycle time (push + tick) per stream."""
+    """StreamSet settings, cumulative, at n streams: cycle time (push + tick) per stream.
+
+    Starts from the settings the StreamSet had before commit b39b2be (AngerModel threads=2, max_batch 256,
+    no worker threads), run on the current code, and ends at the benchmark's setting.
+    """
     two, one = AngerModel(path, threads=2), AngerModel(path, threads=1)
     steps: list[tuple[str, Callable[[], StreamSet]]] = [
-        ("current StreamSet (2 intra-op threads, max_batch 256)", lambda: StreamSet(two)),
-        ("Stream.push: nan_to_num only when needed", lambda: ProposedStreamSet(two, fast_push=True)),
-        (
-            "score_windows: level and normalisation from one centred copy",
-            lambda: ProposedStreamSet(two, fast_push=True, fast_score=True),
-        ),
-        (
-            "2 worker threads x 1-thread session instead of 2 intra-op threads",
-            lambda: ProposedStreamSet(one, 256, 2, fast_push=True, fast_score=True),
-        ),
-        (
-            f"max_batch 256 -> {batch}",
-            lambda: ProposedStreamSet(one, batch, 2, fast_push=True, fast_score=True),
-        ),
+        ("old settings (2 intra-op threads, max_batch 256, no workers)", lambda: StreamSet(two, None, 256, 1)),
+        ("2 worker threads x 1-thread session instead of 2 intra-op threads", lambda: StreamSet(one, None, 256, 2)),
+        (f"max_batch 256 -> {batch}", lambda: StreamSet(one, None, batch, 2)),
     ]
     loads = [StreamLoad(make(), x16, n) for _, make in steps]
     for load in loads:
@@ -94,54 +84,87 @@ def streamset_rows(name: str, path: str, x16: np.ndarray, batch: int, n: int, cy
     return [
         row(f"{name} StreamSet, {n} streams: {steps[i][0]}", "us/stream", times[i - 1], times[i], 1e6)
         for i in range(1, len(steps))
-    ] + [row(f"{name} StreamSet, {n} streams: all of the above", "us/stream", times[0], times[-1], 1e6)]
+    ] + [row(f"{name} StreamSet, {n} streams: both settings", "us/stream", times[0], times[-1], 1e6)]
 
 
-def spinning_row(path: str, x16: np.ndarray, n: int, cycles: int) -> dict:
-    """Intra-op spinning off for the current StreamSet on 2 threads."""
-    loads = {k: StreamLoad(StreamSet(TunedModel(path, 2, k == "spin")), x16, n) for k in ("spin", "calm")}
-    times: dict[str, list[float]] = {k: [] for k in loads}
-    for load in loads.values():
-        load.cycle()
-        load.cycle()
-    for _ in range(cycles):
-        for k, load in loads.items():
-            times[k].append(sum(load.cycle()[:2]) / n)
-    return row(f"current StreamSet, {n} streams: intra-op spinning off", "us/stream", times["spin"], times["calm"], 1e6)
+# Measured by the previous version of the code (core of commit 80a3489, i.e. b39b2be~1) in its benchmark run
+# of 2026-11-25 10:22:55 UTC (docs/benchmarks.json of 80a3489, load average 1.93 -> 4.11): the figures of the
+# core before the changes of b39b2be. The changes are now in the core, so "before" cannot be rerun.
+BEFORE = {
+    "push_us": 20.330,  # Stream.push of 600 ms at 16 kHz (unconditional nan_to_num copy)
+    "score4_us": 239.936,  # score_windows of 4 windows without the model (level and prepare_window per window)
+    "overhead_us": 267.082,  # StreamSet cycle per stream, NullModel, 1,000 streams
+    "fp32_streams": 266,  # sustained streams, StreamSet(AngerModel(threads=2)), max_batch 256
+    "int8_streams": 507,
+}
+BEFORE_COMMIT = "80a3489"
 
 
-def preparation_rows(x16: np.ndarray, seconds: float) -> list[dict]:
-    """The two Python-side proposals in isolation (no model): pushing 600 ms, preparing 4 windows."""
+def python_side(x16: np.ndarray, seconds: float) -> dict[str, Stats]:
+    """The current Stream.push of 600 ms and score_windows of 4 windows without the model, in isolation."""
     config = DetectorConfig()
     chunk = x16[: config.hop]
-    streams = {"current": Stream(config), "proposed": FastStream(config)}
-
-    def push(stream: Stream) -> Callable[[], object]:
-        return lambda: (stream.push(chunk), stream.take())
-
-    t = interleaved({k: push(s) for k, s in streams.items()}, seconds)
-    rows = [row("Stream.push of 600 ms: nan_to_num only when needed", "us", t["current"], t["proposed"], 1e6)]
+    stream = Stream(config)
     segments = [Segment(i * config.hop, x16[i * config.hop : i * config.hop + config.window]) for i in range(4)]
     null = NullModel()
     t = interleaved(
         {
-            "current": lambda: current_score(null, segments, config),
-            "proposed": lambda: proposed_score(null, segments, config),
+            "push": lambda: (stream.push(chunk), stream.take()),
+            "score4": lambda: score_windows(null, segments, config),
         },
         seconds,
     )
-    rows.append(
-        row("score_windows of 4 windows without the model: one centred copy", "us", t["current"], t["proposed"], 1e6)
-    )
+    return {k: Stats.of(v) for k, v in t.items()}
+
+
+def applied_rows(python: dict[str, Stats], streams: dict) -> list[dict]:
+    """Before (previous code, previous run) -> after (current code, this run) for the changes of b39b2be."""
+
+    def pair(change: str, unit: str, before: float, after: float, higher_is_better: bool = False) -> dict:
+        return {
+            "change": change,
+            "unit": unit,
+            "before": before,
+            "after": after,
+            "speedup": after / before if higher_is_better else before / after,
+        }
+
+    rows = [
+        pair(
+            "Stream.push of 600 ms: nan_to_num only when needed", "us", BEFORE["push_us"], python["push"].median * 1e6
+        ),
+        pair(
+            "score_windows of 4 windows without the model: one vectorised pass",
+            "us",
+            BEFORE["score4_us"],
+            python["score4"].median * 1e6,
+        ),
+        pair(
+            "StreamSet cycle without a model, 1,000 streams (Python side)",
+            "us/stream",
+            BEFORE["overhead_us"],
+            streams["overhead"]["us_per_stream"],
+        ),
+    ]
+    for name in ("fp32", "int8"):
+        if name in streams:
+            rows.append(
+                pair(
+                    f"StreamSet {name}: sustained streams (1-thread session, 2 workers, small batches)",
+                    "streams",
+                    BEFORE[f"{name}_streams"],
+                    streams[name]["sustained_streams"],
+                    True,
+                )
+            )
     return rows
 
 
 def measure_all(models: dict, x: np.ndarray, x16: np.ndarray, batches: dict[str, int], b: Budget) -> list[dict]:
-    """Every row of the optimisations table; `batches`: the proposed StreamSet max_batch per model."""
+    """Every row of the optimisations table measured in this run; `batches`: the StreamSet max_batch per model."""
     paths = {k: str(v) for k, v in models.items()}
     n, cycles = (64, 2) if b.quick else (300, 8)
-    rows = session_rows(paths, x, b.t(1.0), 64 if b.quick else 256) + preparation_rows(x16, b.t(2.0))
+    rows = session_rows(paths, x, b.t(1.0), 64 if b.quick else 256)
     for name, path in paths.items():
         rows += streamset_rows(name, path, x16, batches[name], n, cycles)
-    rows.append(spinning_row(paths["fp32"], x16, n, cycles))
     return rows
