@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import soundfile as sf
+from onnx import TensorProto, helper
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CLI = str(Path(sys.executable).parent / "anger-stream")
@@ -48,6 +50,32 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["espeak-ng", "-w", str(raw), text], check=True)
     subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def peak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hand-built ONNX model, p = sigmoid((max|x| - 60) / 10): prepared noise (crest ~4, peak >100) scores
+    high, a sine (peak 36) low."""
+    nodes = [
+        helper.make_node("Abs", ["audio"], ["abs"]),
+        helper.make_node("ReduceMax", ["abs"], ["peak"], axes=[1], keepdims=0),
+        helper.make_node("Sub", ["peak", "sixty"], ["centred"]),
+        helper.make_node("Div", ["centred", "ten"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["p"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "peak",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch"])],
+        [
+            helper.make_tensor("sixty", TensorProto.FLOAT, [], [60.0]),
+            helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]),
+        ],
+    )
+    path = tmp_path_factory.mktemp("model") / "peak.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
 
 
 def read_mono(path: Path) -> tuple[np.ndarray, int]:

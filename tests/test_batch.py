@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import soundfile as sf
-from onnx import TensorProto, helper
 
 from anger_stream.batch import CHUNK_BYTES, CHUNK_FILES, chunks, find_recordings, summarise
 from anger_stream.detector import AngerDetector
@@ -276,31 +274,6 @@ def test_a_task_that_fails_is_retried_file_by_file(monkeypatch: pytest.MonkeyPat
     by_path = {line["path"]: line for line in lines}
     assert sorted(by_path) == ["a.wav", "bad.wav", "c.wav"] and len(lines) == 3
     assert by_path["bad.wav"]["error"] == "RuntimeError: worker died" and by_path["a.wav"]["error"] is None
-
-
-@pytest.fixture(scope="module")
-def peak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """p = sigmoid((max|x| - 60) / 10): prepared noise scores high, a sine low."""
-    nodes = [
-        helper.make_node("Abs", ["audio"], ["abs"]),
-        helper.make_node("ReduceMax", ["abs"], ["peak"], axes=[1], keepdims=0),
-        helper.make_node("Sub", ["peak", "sixty"], ["centred"]),
-        helper.make_node("Div", ["centred", "ten"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["p"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "peak",
-        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch"])],
-        [
-            helper.make_tensor("sixty", TensorProto.FLOAT, [], [60.0]),
-            helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]),
-        ],
-    )
-    path = tmp_path_factory.mktemp("model") / "peak.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
 
 
 def test_segments_are_the_live_detectors(peak_model: Path) -> None:

@@ -10,10 +10,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import soundfile as sf
-from onnx import TensorProto, helper
 
 from tools import egemaps, evaluate
 from tools.telephone import mulaw_encode, telephone
@@ -22,31 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MODEL = REPO / "models" / "anger_fcn.onnx"
 SR = 16_000
-
-
-@pytest.fixture(scope="module")
-def peak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """p = sigmoid((max|x| - 60) / 10): prepared noise (crest ~4, peak >100) scores high, a sine (36) low."""
-    nodes = [
-        helper.make_node("Abs", ["audio"], ["abs"]),
-        helper.make_node("ReduceMax", ["abs"], ["peak"], axes=[1], keepdims=0),
-        helper.make_node("Sub", ["peak", "sixty"], ["centred"]),
-        helper.make_node("Div", ["centred", "ten"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["p"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "peak",
-        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch"])],
-        [
-            helper.make_tensor("sixty", TensorProto.FLOAT, [], [60.0]),
-            helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]),
-        ],
-    )
-    path = tmp_path_factory.mktemp("model") / "peak.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
 
 
 def _tone(seconds: float, rate: int = SR, freq: float = 440.0, amp: float = 0.1) -> np.ndarray:
