@@ -91,6 +91,8 @@ class LoadTest:
     async def start_server(self) -> tuple[asyncio.subprocess.Process, int]:
         host, port = self.args.target.rsplit(":", 1)
         cmd = [CLI, "serve", f"--{self.args.protocol}", f"{host}:{port}", "--threads", str(self.args.threads)]
+        if self.args.model:
+            cmd += ["--model", str(self.args.model)]
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, limit=1 << 20)
         while True:
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--file", type=Path, required=True, help="a recorded call (any rate; mixed to mono)")
     parser.add_argument("--target", default="127.0.0.1:0", help="loopback HOST:PORT for the server (0: any)")
     parser.add_argument("--ramp", type=float, default=3.0, help="spread call starts over this many seconds")
-    parser.add_argument("--threads", type=int, default=2, help="the server's concurrent model runs")
+    parser.add_argument("--threads", type=int, default=2, help="the server's scoring threads")
+    parser.add_argument("--model", help="the server's ONNX model (default: the packaged one)")
     args = parser.parse_args(argv)
     if not loopback(args.target.rsplit(":", 1)[0]):
         parser.error("--target must be a loopback address (127.0.0.0/8, ::1, localhost)")
