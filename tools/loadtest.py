@@ -93,6 +93,8 @@ class LoadTest:
         cmd = [CLI, "serve", f"--{self.args.protocol}", f"{host}:{port}", "--threads", str(self.args.threads)]
         if self.args.model:
             cmd += ["--model", str(self.args.model)]
+        if self.args.max_batch:
+            cmd += ["--max-batch", str(self.args.max_batch)]
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, limit=1 << 20)
         while True:
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
@@ -237,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ramp", type=float, default=3.0, help="spread call starts over this many seconds")
     parser.add_argument("--threads", type=int, default=2, help="the server's scoring threads")
     parser.add_argument("--model", help="the server's ONNX model (default: the packaged one)")
+    parser.add_argument("--max-batch", type=int, help="the server's most windows per model call")
     args = parser.parse_args(argv)
     if not loopback(args.target.rsplit(":", 1)[0]):
         parser.error("--target must be a loopback address (127.0.0.0/8, ::1, localhost)")
