@@ -47,7 +47,7 @@ def serve(
     threads: Annotated[int, typer.Option(min=1, help="Concurrent scoring threads per tick.")] = min(
         2, os.cpu_count() or 1
     ),
-    max_batch: Annotated[int, typer.Option(min=1, help="Most windows per model call.")] = 4,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most windows per model call.")] = 32,
 ) -> None:
     """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.
 
