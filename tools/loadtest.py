@@ -185,7 +185,7 @@ class LoadTest:
             streamed = time.monotonic() - t_start
             try:
                 await asyncio.wait_for(reader, 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 print("loadtest: some calls never reported their end", file=sys.stderr)
             cpu = _cpu_seconds(proc.pid) - cpu0
         finally:

@@ -254,7 +254,8 @@ class Server:
             while True:
                 event = parser.next_event()
                 if event is audiosocket.NEED_DATA:
-                    parser.receive_data(await asyncio.wait_for(reader.read(65536), self.read_timeout))
+                    async with asyncio.timeout(self.read_timeout):  # far cheaper per frame than wait_for
+                        parser.receive_data(await reader.read(65536))
                 elif isinstance(event, audiosocket.CallId):
                     call_id = event.call_id
                 elif isinstance(event, audiosocket.Audio):
@@ -279,7 +280,7 @@ class Server:
                     break
         except audiosocket.ProtocolError as exc:
             self._fail(call_id, f"protocol error: {exc}", opened)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._fail(call_id, f"no data for {self.read_timeout:g} s", opened)
         except DuplicateCall as exc:
             opened = False  # the other connection owns that id
@@ -319,7 +320,8 @@ class Server:
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(ws.recv(), self.read_timeout)
+                    async with asyncio.timeout(self.read_timeout):
+                        message = await ws.recv()
                 except ConnectionClosedOK:
                     if opened:
                         self.hub.end(call_id, "end", {"stop": False})
@@ -341,7 +343,7 @@ class Server:
                     break
         except mediastream.ProtocolError as exc:
             self._fail(call_id, f"protocol error: {exc}", opened)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._fail(call_id, f"no message for {self.read_timeout:g} s", opened)
         except DuplicateCall as exc:
             opened = False
