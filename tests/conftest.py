@@ -23,6 +23,12 @@ CALM_CLIP = "ravdess/Actor_22/03-01-02-01-01-01-22.flac"
 
 
 @pytest.fixture(scope="session")
+def model() -> Path:
+    """The shipped model (part of the repository and of the package)."""
+    return Path(__file__).resolve().parents[1] / "models" / "anger_fcn.onnx"
+
+
+@pytest.fixture(scope="session")
 def shared() -> Path:
     if not (SHARED / "data").is_dir():
         pytest.skip(f"needs the project's shared data folder ({SHARED}; set ANGER_SHARED)")

@@ -23,7 +23,6 @@ from anger_stream.sources.file import read_file
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-MODEL = REPO / "models" / "anger_fcn.onnx"
 BIN = Path(sys.executable).parent
 GOOD = {"speech16k.wav", "call_mulaw8k.wav", "stereo44k.flac", "speech.ogg", "speech.mp3", "nested.flac"}
 BAD = {"empty.wav", "no_frames.wav", "corrupt.wav"}
@@ -43,13 +42,6 @@ def read_lines(path: Path) -> dict[str, dict]:
 def assert_clean_stderr(stderr: str) -> None:
     assert "Traceback" not in stderr
     assert "distributed." not in stderr, stderr  # no Dask logging noise
-
-
-@pytest.fixture(scope="module")
-def model() -> Path:
-    if not MODEL.is_file():
-        pytest.skip(f"needs the shipped model {MODEL}")
-    return MODEL
 
 
 @pytest.fixture(scope="module")

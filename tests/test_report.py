@@ -17,7 +17,6 @@ from anger_stream.report import SIZE_PX, summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-MODEL = REPO / "models" / "anger_fcn.onnx"
 CLI = str(Path(sys.executable).parent / "anger-stream")
 
 
@@ -29,13 +28,6 @@ def assert_png(path: Path) -> None:
     image = imread(path)
     assert image.shape[:2] == (SIZE_PX[1], SIZE_PX[0])
     assert image[..., :3].std() > 0.05  # something was drawn
-
-
-@pytest.fixture(scope="module")
-def model() -> Path:
-    if not MODEL.is_file():
-        pytest.skip(f"needs the shipped model {MODEL}")
-    return MODEL
 
 
 @pytest.fixture(scope="module")
