@@ -21,7 +21,6 @@ from anger_stream.detector import AngerDetector
 from anger_stream.events import AngerEnd, AngerStart
 from anger_stream.sources.file import read_file
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BIN = Path(sys.executable).parent
 GOOD = {"speech16k.wav", "call_mulaw8k.wav", "stereo44k.flac", "speech.ogg", "speech.mp3", "nested.flac"}

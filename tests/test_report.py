@@ -15,7 +15,6 @@ from matplotlib.image import imread
 from anger_stream.batch import score_file
 from anger_stream.report import SIZE_PX, summary_line
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CLI = str(Path(sys.executable).parent / "anger-stream")
 
