@@ -1,4 +1,5 @@
-"""Many independent streams (calls, microphones), scored together: one batched model call per tick."""
+"""Many independent streams (calls, microphones) sharing one model: every tick scores the windows due across
+all of them, in small batches on worker threads."""
 
 from __future__ import annotations
 
