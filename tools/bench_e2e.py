@@ -82,9 +82,17 @@ def cli_run(model: Path, speech: np.ndarray, windows: int = 6) -> dict:
     assert proc.stdin is not None and proc.stdout is not None
     writer = threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True)
     writer.start()
-    first = None
-    seen = 0
-    hwm = rss = None
+    try:
+        return _watch(proc, t0, windows)
+    finally:
+        proc.kill()
+        proc.wait()
+        writer.join(timeout=1)
+
+
+def _watch(proc: subprocess.Popen, t0: float, windows: int) -> dict:
+    """Read the CLI's lines until `windows` windows: time of the first one since t0, then the memory figures."""
+    first, seen, hwm, rss = None, 0, None, None
     for line in proc.stdout:
         if b'"window"' in line:
             seen += 1
@@ -92,9 +100,6 @@ def cli_run(model: Path, speech: np.ndarray, windows: int = 6) -> dict:
             if seen == windows:
                 hwm, rss = _vm(proc.pid, "VmHWM"), _vm(proc.pid, "VmRSS")
                 break
-    proc.kill()
-    proc.wait()
-    writer.join(timeout=1)
     if first is None:
         raise RuntimeError("the CLI printed no window")
     return {"first_window_s": first, "cold_start_s": first - audio.WINDOW_S, "vm_hwm_mb": _mb(hwm), "rss_mb": _mb(rss)}
@@ -149,22 +154,13 @@ def mic_run(model: Path, speech: np.ndarray, windows: int = 6) -> dict:
         proc = subprocess.Popen(
             [str(exe), "--quiet", "--model", str(model)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
-        assert proc.stdout is not None
-        first, seen, hwm, rss = None, 0, None, None
-        for line in proc.stdout:
-            if b'"window"' in line:
-                seen += 1
-                first = first if first is not None else time.perf_counter() - t0
-                if seen == windows:
-                    hwm, rss = _vm(proc.pid, "VmHWM"), _vm(proc.pid, "VmRSS")
-                    break
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
-        player.kill()
-        player.wait()
-    if first is None:
-        raise RuntimeError("the CLI printed no window from the microphone")
-    return {"first_window_s": first, "cold_start_s": first - audio.WINDOW_S, "vm_hwm_mb": _mb(hwm), "rss_mb": _mb(rss)}
+        try:
+            return _watch(proc, t0, windows)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=10)
+            player.kill()
+            player.wait()
 
 
 def startup_parts(model: Path, reps: int) -> dict:
