@@ -84,6 +84,14 @@ def peak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """About 5 s of synthetic speech as 8 kHz int16: the telephony tests' caller."""
+    from serve_support import make_speech
+
+    return make_speech(tmp_path_factory.mktemp("speech"))
+
+
 def read_mono(path: Path) -> tuple[np.ndarray, int]:
     x, rate = sf.read(str(path), dtype="float32", always_2d=True)
     return x.mean(axis=1), rate

@@ -18,7 +18,6 @@ from serve_support import (
     assert_same_events,
     audiosocket_call,
     expected_lines,
-    make_speech,
     mediastream_call,
     mulaw_roundtrip,
 )
@@ -43,11 +42,6 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listening on {port}")
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    return make_speech(tmp_path_factory.mktemp("speech"))
 
 
 @pytest.mark.parametrize("protocol", ["audiosocket", "mediastream"])

@@ -20,17 +20,11 @@ from serve_support import (
     assert_same_events,
     audiosocket_call,
     expected_lines,
-    make_speech,
     mediastream_call,
 )
 
 from anger_stream.serve import audiosocket as a
 from anger_stream.serve import mediastream as m
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    return make_speech(tmp_path_factory.mktemp("speech"))
 
 
 @pytest.fixture(scope="module")
