@@ -19,6 +19,7 @@ import soundfile as sf
 import torch
 
 from anger_stream import audio
+from tools.evaluate import gated_segments
 from tools.manifest import Clip, load_manifest
 
 SR = audio.SAMPLE_RATE
@@ -171,8 +172,7 @@ class BalancedBatches(torch.utils.data.IterableDataset):
 
 def windows(x: np.ndarray) -> np.ndarray:
     """Run-time windows of a clip that pass the silence gate, prepared: [n, WINDOW] float32."""
-    kept = [x[s:e] for s, e in audio.window_bounds(len(x), WINDOW, HOP, MIN_AUDIO)]
-    kept = [w for w in kept if audio.dbfs(w) >= audio.MIN_DBFS]
+    kept, _ = gated_segments(x)
     if not kept:
         return np.zeros((0, WINDOW), dtype=np.float32)
     return np.stack([audio.prepare_window(w, WINDOW) for w in kept])

@@ -51,8 +51,11 @@ def load_audio(path: Path) -> np.ndarray:
 def clip_segments(clip: Clip, telephone: bool = False) -> tuple[list[np.ndarray], int]:
     """The raw (unnormalised) segments of a clip that pass the silence gate, and how many were gated."""
     x = load_audio(clip.path)
-    if telephone:
-        x = telephone_channel(x)
+    return gated_segments(telephone_channel(x) if telephone else x)
+
+
+def gated_segments(x: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """The run-time windows of a 16 kHz signal that pass the silence gate (raw), and how many were gated."""
     segments = [x[s:e] for s, e in audio.window_bounds(len(x), WINDOW, HOP, MIN_AUDIO)]
     kept = [seg for seg in segments if audio.dbfs(seg) >= audio.MIN_DBFS]
     return kept, len(segments) - len(kept)

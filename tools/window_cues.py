@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from sklearn.metrics import roc_auc_score
 
 from anger_stream import audio
+from anger_stream.model import AngerModel
 from tools.data import ACTIVE_DB, FRAME, HOP, MIN_AUDIO, WINDOW, decode, fill_zeros
 from tools.manifest import load_manifest
 
@@ -68,10 +68,10 @@ def corpus_cues(manifest: Path, split: str | None, models: list[Path]) -> dict:
     }
     x, xf = np.stack(xs), np.stack(filled)
     for m in models:
-        sess = ort.InferenceSession(str(m), providers=["CPUExecutionProvider"])
+        model = AngerModel(m)
 
-        def run(z: np.ndarray, sess: ort.InferenceSession = sess) -> np.ndarray:
-            return np.concatenate([sess.run(None, {"audio": z[i : i + 256]})[0] for i in range(0, len(z), 256)])
+        def run(z: np.ndarray, model: AngerModel = model) -> np.ndarray:
+            return np.concatenate([model.predict(z[i : i + 256]) for i in range(0, len(z), 256)])
 
         p = run(x)
         bins = {}
