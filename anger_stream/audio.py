@@ -127,11 +127,10 @@ def _alaw_table() -> np.ndarray:
     return np.where(a & 0x80, t, -t).astype(np.int16)
 
 
-MULAW = _mulaw_table()
-ALAW = _alaw_table()
+G711 = {"mulaw": _mulaw_table(), "alaw": _alaw_table()}
+"""G.711 byte -> 16-bit linear sample, per law."""
 
 
 def decode_g711(data: bytes, law: str) -> np.ndarray:
     """Decode G.711 bytes ('mulaw' or 'alaw') to float32 in [-1, 1]."""
-    table = {"mulaw": MULAW, "alaw": ALAW}[law]
-    return table[np.frombuffer(data, dtype=np.uint8)].astype(np.float32) / 32768.0
+    return G711[law][np.frombuffer(data, dtype=np.uint8)].astype(np.float32) / 32768.0

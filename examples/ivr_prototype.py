@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from anger_stream.detector import DetectorConfig
 from anger_stream.model import AngerModel, ModelError
-from anger_stream.serve.server import Hub, Listen, ListenError, serve, warm_up
+from anger_stream.serve.hub import Hub, warm_up
+from anger_stream.serve.server import Listen, ListenError, serve
 from anger_stream.streams import StreamSet
 
 

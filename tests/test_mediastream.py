@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from anger_stream.audio import decode_g711
+from anger_stream.audio import decode_g711, to_float
 from anger_stream.serve import mediastream as m
 
 SID, CALL = "MZ0123", "CA0123"
@@ -27,7 +27,8 @@ def test_a_stream_in_order() -> None:
     payload = bytes(range(160))
     media = p.receive(m.media_message(SID, payload, 1, 0))
     assert media.track == "inbound" and media.chunk == 1 and media.timestamp_ms == 0
-    np.testing.assert_array_equal(media.samples, decode_g711(payload, "mulaw"))
+    assert media.samples.dtype == np.int16  # made float once per tick, by the hub
+    np.testing.assert_array_equal(to_float(media.samples), decode_g711(payload, "mulaw"))
     assert p.receive(m.dtmf_message(SID, "7")) == m.Dtmf("7")
     assert p.receive(json.dumps({"event": "mark", "streamSid": SID, "mark": {"name": "x"}})) == m.Mark("x")
     assert isinstance(p.receive(m.stop_message(SID, CALL)), m.Stop)
@@ -38,7 +39,7 @@ def test_a_stream_in_order() -> None:
 def test_alaw_streams_are_decoded_as_alaw() -> None:
     p = _started("audio/x-alaw")
     media = p.receive(m.media_message(SID, b"\x00\x55\xd5", 1, 0))
-    np.testing.assert_array_equal(media.samples, decode_g711(b"\x00\x55\xd5", "alaw"))
+    np.testing.assert_array_equal(to_float(media.samples), decode_g711(b"\x00\x55\xd5", "alaw"))
 
 
 def test_call_id_falls_back_to_the_stream_sid() -> None:

@@ -59,7 +59,8 @@ def serve(
     from ..detector import DetectorConfig
     from ..model import AngerModel, ModelError
     from ..streams import StreamSet
-    from .server import Hub, Listen, ListenError, warm_up
+    from .hub import Hub, warm_up
+    from .server import Listen, ListenError
     from .server import serve as run_servers
 
     if audiosocket is None and mediastream is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audio import decode_g711
+from ..audio import G711
 
 ENCODINGS = {"audio/x-mulaw": "mulaw", "audio/x-alaw": "alaw"}
 MAX_RATE = 48_000
@@ -48,7 +48,7 @@ class Start:
 
 @dataclass(frozen=True)
 class Media:
-    """Decoded float samples of one track."""
+    """One track's audio, decoded to 16-bit linear samples."""
 
     samples: np.ndarray
     track: str
@@ -161,7 +161,7 @@ class Parser:
             raise ProtocolError(f"media.payload is not valid base64: {exc}") from None
         track = media.get("track", "inbound")
         return Media(
-            decode_g711(data, self._law),
+            G711[self._law][np.frombuffer(data, dtype=np.uint8)],
             str(track),
             _int_or_none(media.get("chunk")),
             _int_or_none(media.get("timestamp")),
