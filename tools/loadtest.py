@@ -176,7 +176,7 @@ class LoadTest:
 
     async def run(self) -> dict:
         proc, port = await self.start_server()
-        cpu0 = _cpu_seconds(proc.pid)
+        cpu0, own0 = _cpu_seconds(proc.pid), time.process_time()
         try:
             await asyncio.gather(*(self.connect(port, c) for c in self.calls.values()))
             reader = asyncio.create_task(self.read_events(proc))
@@ -187,14 +187,14 @@ class LoadTest:
                 await asyncio.wait_for(reader, 30)
             except TimeoutError:
                 print("loadtest: some calls never reported their end", file=sys.stderr)
-            cpu = _cpu_seconds(proc.pid) - cpu0
+            cpu, own = _cpu_seconds(proc.pid) - cpu0, time.process_time() - own0
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
                 await proc.wait()
-        return self.summary(streamed, cpu)
+        return self.summary(streamed, cpu, own)
 
-    def summary(self, streamed: float, server_cpu: float) -> dict:
+    def summary(self, streamed: float, server_cpu: float, client_cpu: float) -> dict:
         lat = np.array([x for c in self.calls.values() for x in c.latencies]) * 1000
         finals = [c.final for c in self.calls.values()]
         ended = sum(f is not None and f["state"] == "end" for f in finals)
@@ -216,6 +216,7 @@ class LoadTest:
             "pacing_late_ticks": self.late_ticks,
             "pacing_max_lag_ms": round(self.max_lag * 1000, 1),
             "server_cpu_percent": round(100 * server_cpu / streamed, 1),
+            "client_cpu_percent": round(100 * client_cpu / streamed, 1),
             "load_average": os.getloadavg()[0],
         }
 

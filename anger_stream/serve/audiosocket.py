@@ -51,10 +51,14 @@ class CallId:
 
 @dataclass(frozen=True)
 class Audio:
-    """16-bit PCM samples at `sample_rate`."""
+    """Audio: `pcm` is signed 16-bit little-endian samples at `sample_rate`, as received."""
 
-    samples: np.ndarray
+    pcm: bytes
     sample_rate: int
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.frombuffer(self.pcm, dtype="<i2")
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ class Parser:
             if self._rate is not None and rate != self._rate:
                 raise ProtocolError(f"sample rate changed from {self._rate} to {rate} Hz within the call")
             self._rate = rate
-            return Audio(np.frombuffer(payload, dtype="<i2"), rate)
+            return Audio(payload, rate)
         if kind == DTMF:
             if len(payload) != 1 or not 0x20 < payload[0] < 0x7F:
                 raise ProtocolError("DTMF payload must be one printable ASCII byte")

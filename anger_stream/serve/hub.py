@@ -4,7 +4,7 @@ windows are due, and turns the results into JSON lines.
 Connection handlers (server.py) only parse and push samples; the hub pushes a call's buffered audio into the
 set when a window of it is due and runs `tick()` (one batched model call for every due window of every
 call) in a worker thread, so the event loop keeps reading sockets while the model runs. Only the worker
-touches the set while a tick is under way; integer PCM becomes float there too, once per tick.
+touches the set while a tick is under way; calls' audio bytes are decoded there too, once per tick.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from .. import audio
 from ..detector import Stream, score_windows
 from ..events import AngerStart, Event, Status, Window, to_json
+from ..sources import raw
 from ..streams import StreamSet
 
 
@@ -41,8 +42,9 @@ class Call:
 
     call_id: str
     sample_rate: int
+    encoding: str  # a raw format of sources.raw: s16le, mulaw, alaw, f32le
     on_events: Callable[[list[Event]], None] | None
-    chunks: list[np.ndarray] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
     received: int = 0  # input samples received
     pushed: int = 0  # input samples handed to the stream set
     due_at: int = 0  # input samples at which the next window is complete
@@ -77,23 +79,30 @@ class Hub:
         sample_rate: int,
         info: dict[str, Any],
         on_events: Callable[[list[Event]], None] | None = None,
+        encoding: str = "s16le",
     ) -> None:
-        """Start a call (a start status line); DuplicateCall if the id is being served."""
+        """Start a call whose audio comes as `encoding` bytes (a start status line); DuplicateCall if the id
+        is being served."""
         if call_id in self.calls:
             raise DuplicateCall(f"call id {call_id!r} is already being served")
-        call = Call(call_id, sample_rate, on_events)
+        if encoding not in raw.FORMATS:
+            raise ValueError(f"unknown encoding {encoding!r} (known: {', '.join(raw.FORMATS)})")
+        call = Call(call_id, sample_rate, encoding, on_events)
         call.due_at = self._due_at(call, 0)
         self.calls[call_id] = call
         self._idle.clear()
         self.emit(to_json(Status("start", 0.0, {"sample_rate": sample_rate, **info}), call=call_id))
 
-    def push(self, call_id: str, samples: np.ndarray) -> None:
-        """Buffer a call's samples (integer PCM or float in [-1, 1]); wakes the ticker once a window is complete."""
+    def push(self, call_id: str, data: bytes) -> None:
+        """Buffer whole samples of a call's audio, as received; wakes the ticker once a window is complete.
+
+        Nothing is decoded here, on the event loop: the worker decodes each call's audio once per tick.
+        """
         call = self.calls[call_id]
-        if call.ending is not None or not len(samples):
+        if call.ending is not None or not data:
             return
-        call.chunks.append(samples)
-        call.received += len(samples)
+        call.chunks.append(data)
+        call.received += len(data) // raw.FORMATS[call.encoding]
         if call.received >= call.due_at:
             self._ready[call_id] = call
             self._wake.set()
@@ -156,7 +165,7 @@ class Hub:
             self._warned = time.monotonic()
             log(f"falling behind: a tick of {n_events} events took {elapsed:.2f} s (hop {hop:g} s); too many calls")
 
-    def _work(self, ops: list[tuple[Call, list[np.ndarray], bool]]) -> tuple[dict[Hashable, list[Event]], dict]:
+    def _work(self, ops: list[tuple[Call, list[bytes], bool]]) -> tuple[dict[Hashable, list[Event]], dict]:
         """In the worker thread: feed the set, end calls, tick. Returns events and 16 kHz samples per call."""
         samples = {}
         for call, chunks, ending in ops:
@@ -164,7 +173,7 @@ class Hub:
                 self.streams.add(call.call_id, call.sample_rate)
                 call.added = True
             if chunks:
-                self.streams.push(call.call_id, np.concatenate(chunks))
+                self.streams.push(call.call_id, raw.decode_raw(b"".join(chunks), call.encoding))
             if ending:
                 self.streams.end(call.call_id)
             samples[call.call_id] = self.streams.streams[call.call_id].windower.samples

@@ -48,12 +48,18 @@ class Start:
 
 @dataclass(frozen=True)
 class Media:
-    """One track's audio, decoded to 16-bit linear samples."""
+    """One track's audio: `payload` is G.711 bytes in `law` ("mulaw" or "alaw"), as received."""
 
-    samples: np.ndarray
+    payload: bytes
+    law: str
     track: str
     chunk: int | None
     timestamp_ms: int | None
+
+    @property
+    def samples(self) -> np.ndarray:
+        """The payload decoded to 16-bit linear samples."""
+        return G711[self.law][np.frombuffer(self.payload, dtype=np.uint8)]
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,8 @@ class Parser:
             raise ProtocolError(f"media.payload is not valid base64: {exc}") from None
         track = media.get("track", "inbound")
         return Media(
-            G711[self._law][np.frombuffer(data, dtype=np.uint8)],
+            data,
+            self._law,
             str(track),
             _int_or_none(media.get("chunk")),
             _int_or_none(media.get("timestamp")),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,11 @@ from typing import Any
 from ..events import Event, Status, Window, to_json
 from . import audiosocket, mediastream
 from .hub import DuplicateCall, Hub, log
+
+SWITCH_INTERVAL_S = 0.0005
+"""The GIL switch interval while serving. The event loop holds the GIL for most of each frame; a scoring
+thread that released it (numpy, the model) waits up to this long to get it back, many times per tick.
+Python's default of 5 ms made ticks crawl (docs/telephony.md has the A/B)."""
 
 
 def _peer(address: Any) -> str:
@@ -60,11 +66,16 @@ class Server:
         self.end(conn, "interrupted")
 
     def open(
-        self, conn: Connection, sample_rate: int, info: dict[str, Any], on_events: Callable | None = None
+        self,
+        conn: Connection,
+        sample_rate: int,
+        encoding: str,
+        info: dict[str, Any],
+        on_events: Callable[[list[Event]], None] | None = None,
     ) -> None:
-        """Start the connection's call in the hub (DuplicateCall if its id is being served)."""
+        """Start the connection's call in the hub; a call id already being served is refused."""
         try:
-            self.hub.open(conn.call_id, sample_rate, info, on_events)
+            self.hub.open(conn.call_id, sample_rate, info, on_events, encoding)
         except DuplicateCall as exc:
             conn.call_id = f"{conn.call_id}@{conn.peer}"  # the other connection owns that id
             self.fail(conn, str(exc))
@@ -137,11 +148,12 @@ class Server:
                 event = parser.receive(message)
                 if isinstance(event, mediastream.Media):
                     if event.track == "inbound":
-                        self.hub.push(conn.call_id, event.samples)
+                        self.hub.push(conn.call_id, event.payload)
                 elif isinstance(event, mediastream.Start):
                     conn.call_id = event.call_id
                     info = {"protocol": "mediastream", "peer": peer, "stream": event.stream_sid}
-                    self.open(conn, event.sample_rate, info, send_marks if self.marks else None)
+                    law = mediastream.ENCODINGS[event.encoding]
+                    self.open(conn, event.sample_rate, law, info, send_marks if self.marks else None)
                 elif isinstance(event, mediastream.Dtmf):
                     self.hub.note(conn.call_id, Status("dtmf", self.hub.t(conn.call_id), {"digit": event.digit}))
                 elif isinstance(event, mediastream.Stop):
@@ -199,9 +211,9 @@ class AudioSocketConnection(asyncio.Protocol):
                     return
                 if isinstance(event, audiosocket.Audio):
                     if not conn.opened:
-                        server.open(conn, event.sample_rate, {"protocol": "audiosocket", "peer": conn.peer})
+                        server.open(conn, event.sample_rate, "s16le", {"protocol": "audiosocket", "peer": conn.peer})
                     if conn.opened:
-                        hub.push(conn.call_id, event.samples)  # int16: made float once per tick, by the hub
+                        hub.push(conn.call_id, event.pcm)
                 elif isinstance(event, audiosocket.CallId):
                     conn.call_id = event.call_id
                 elif isinstance(event, audiosocket.Dtmf):
@@ -287,6 +299,8 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.set_exception_handler(_log_unexpected)
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     ticker = asyncio.create_task(hub.run())
     watchdog = asyncio.create_task(server.watch())
     stopper = asyncio.create_task(stop.wait())
@@ -303,6 +317,7 @@ async def serve(
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(hub.idle(), 10.0)
     finally:
+        sys.setswitchinterval(switch_interval)
         for srv in listeners:
             srv.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
