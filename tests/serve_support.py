@@ -60,20 +60,25 @@ def assert_same_events(got: list[dict[str, Any]], want: list[dict[str, Any]]) ->
 class ServeProcess:
     """`anger-stream serve` in a subprocess; stdout lines are collected as parsed JSON."""
 
-    def __init__(self, *args: str, protocols: tuple[str, ...] = ("audiosocket",), timeout: float = 30.0) -> None:
-        cmd = [CLI, "serve", *(a for p in protocols for a in (f"--{p}", "127.0.0.1:0")), *args]
+    def __init__(
+        self, *args: str, protocols: tuple[str, ...] = ("audiosocket",), workers: int = 1, timeout: float = 30.0
+    ) -> None:
+        cmd = [CLI, "serve", *(a for p in protocols for a in (f"--{p}", "127.0.0.1:0")), "--workers", str(workers)]
+        cmd += args
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
         self.ports: dict[str, int] = {}
+        self.listening: list[dict[str, Any]] = []  # every worker's, for every protocol
         self.events: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
-        while len(self.ports) < len(protocols):
+        while len(self.listening) < len(protocols) * workers:
             line = self.next(deadline - time.monotonic())
             if line.get("state") == "listening":
-                self.ports[line["protocol"]] = line["port"]
+                self.listening.append(line)
+                assert self.ports.setdefault(line["protocol"], line["port"]) == line["port"]
 
     def _read(self) -> None:
         for line in self.proc.stdout:

@@ -196,3 +196,53 @@ def test_stdout_closed_stops_the_server_quietly(speech: np.ndarray) -> None:
     audiosocket_call(port, speech[:16000])
     assert proc.wait(20) == 0
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_workers_share_the_ports_and_each_call_stays_whole(speech: np.ndarray) -> None:
+    srv = ServeProcess(protocols=("audiosocket", "mediastream"), workers=2)
+    assert sorted((e["protocol"], e["worker"]) for e in srv.listening) == [
+        ("audiosocket", 0), ("audiosocket", 1), ("mediastream", 0), ("mediastream", 1)
+    ]  # fmt: skip
+    clips = [speech[: 9000 + 1500 * i] for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [
+            pool.submit(audiosocket_call if i % 2 else mediastream_call,
+                        srv.ports["audiosocket" if i % 2 else "mediastream"], clip)
+            for i, clip in enumerate(clips)
+        ]  # fmt: skip
+        calls = [f.result() for f in futures]
+    for i, (call, clip) in enumerate(zip(calls, clips, strict=True)):
+        audio = clip if i % 2 else mulaw_roundtrip(clip)
+        assert_same_events(srv.call_events(call)[:-1], expected_lines(audio, 8000, call))
+    starts = [e for e in srv.events if e.get("state") == "start"]
+    assert len(starts) == 16 and {e["worker"] for e in starts} == {0, 1}  # the kernel spread the calls
+    assert srv.stop() == 0
+    assert "Traceback" not in "".join(srv.stderr)
+
+
+def test_workers_stop_together(speech: np.ndarray) -> None:
+    srv = ServeProcess(workers=2)
+    call = str(uuid.uuid4())
+    with socket.create_connection(("127.0.0.1", srv.ports["audiosocket"])) as s:
+        s.sendall(audiosocket.uuid_frame(call) + audiosocket.audio_frame(speech[:12000]))
+        time.sleep(0.5)
+        assert srv.stop() == 0  # SIGTERM to the parent reaches the worker holding the call
+    assert srv.call_events(call, timeout=1)[-1]["state"] == "interrupted"
+    crashing = ServeProcess(workers=2)
+    worker = int(subprocess.check_output(["pgrep", "-P", str(crashing.proc.pid)], text=True).split()[0])
+    subprocess.run(["kill", "-KILL", str(worker)], check=True)
+    assert crashing.proc.wait(15) == 1
+    assert "exited with code -9; stopping" in "".join(crashing.stderr)
+
+
+def test_workers_report_listen_and_model_errors_once() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([CLI, "serve", "--audiosocket", f"127.0.0.1:{port}", "--workers", "2"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 3 and r.stderr.count("cannot listen") == 1 and "Traceback" not in r.stderr
+    r = subprocess.run([CLI, "serve", "--audiosocket", "127.0.0.1:0", "--workers", "2", "--model", "/no.onnx"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 5 and r.stderr.count("model file not found") == 1

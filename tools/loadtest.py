@@ -95,14 +95,17 @@ class LoadTest:
             cmd += ["--model", str(self.args.model)]
         if self.args.max_batch:
             cmd += ["--max-batch", str(self.args.max_batch)]
+        cmd += ["--workers", str(self.args.workers)]
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, limit=1 << 20)
-        while True:
+        ready = 0
+        while ready < self.args.workers:  # every worker has its model loaded and listens
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
             if not line:
                 raise SystemExit("loadtest: the server did not start")
             msg = json.loads(line)
             if msg.get("state") == "listening":
-                return proc, msg["port"]
+                ready += 1
+        return proc, msg["port"]
 
     async def read_events(self, proc: asyncio.subprocess.Process) -> None:
         """Match the server's lines to calls; latency of every window line."""
@@ -200,6 +203,7 @@ class LoadTest:
         ended = sum(f is not None and f["state"] == "end" for f in finals)
         return {
             "protocol": self.args.protocol,
+            "workers": self.args.workers,
             "calls": len(self.calls),
             "call_seconds": round(len(self.samples) / RATE, 2),
             "concurrent_calls": self.peak_concurrency(),
@@ -226,8 +230,14 @@ class LoadTest:
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of a process and its children (serve --workers), running or ended; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    own = sum(int(f) for f in fields[11:15])  # utime, stime, and those of waited-for children
+    return own / os.sysconf("SC_CLK_TCK") + sum(_cpu_seconds(int(c)) for c in children)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--file", type=Path, required=True, help="a recorded call (any rate; mixed to mono)")
     parser.add_argument("--target", default="127.0.0.1:0", help="loopback HOST:PORT for the server (0: any)")
     parser.add_argument("--ramp", type=float, default=3.0, help="spread call starts over this many seconds")
-    parser.add_argument("--threads", type=int, default=2, help="the server's scoring threads")
+    parser.add_argument("--threads", type=int, default=2, help="the server's scoring threads (per worker)")
+    parser.add_argument("--workers", type=int, default=1, help="the server's processes (serve --workers)")
     parser.add_argument("--model", help="the server's ONNX model (default: the packaged one)")
     parser.add_argument("--max-batch", type=int, help="the server's most windows per model call")
     args = parser.parse_args(argv)

@@ -48,6 +48,9 @@ def serve(
         2, os.cpu_count() or 1
     ),
     max_batch: Annotated[int, typer.Option(min=1, help="Most windows per model call.")] = 32,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Server processes sharing the ports (one per core holds the most calls).")
+    ] = 1,
 ) -> None:
     """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.
 
@@ -62,6 +65,8 @@ def serve(
     from .hub import Hub, warm_up
     from .server import Listen, ListenError
     from .server import serve as run_servers
+    from .workers import bind
+    from .workers import run as run_workers
 
     if audiosocket is None and mediastream is None:
         raise typer.BadParameter(
@@ -82,18 +87,28 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:
-        streams = StreamSet(AngerModel(model, threads=1), config, max_batch=max_batch, workers=threads)
+        loaded = AngerModel(model, threads=1)  # a bad model is one error line here, not one per worker
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
 
-    warm_up(streams)
+    def work(worker: int | None, listen: list[Listen], scorer: AngerModel | None = None) -> None:
+        """One server process; a forked worker loads its own model."""
+        scorer = scorer or AngerModel(model, threads=1)
+        streams = StreamSet(scorer, config, max_batch=max_batch, workers=threads)
+        warm_up(streams)
+        hub = Hub(streams, emit_line, events_only)
+        try:
+            asyncio.run(run_servers(hub, listen, read_timeout, marks, worker))
+        except StdoutClosed:
+            return
+        except ListenError as exc:
+            fail(str(exc), EXIT_INPUT)
 
-    async def main() -> None:
-        await run_servers(Hub(streams, emit_line, events_only), listen, read_timeout, marks)
-
-    try:
-        asyncio.run(main())
-    except StdoutClosed:
+    if workers == 1:
+        work(None, listen, loaded)
         return
+    try:
+        per_worker = bind(listen, workers)
     except ListenError as exc:
         fail(str(exc), EXIT_INPUT)
+    raise typer.Exit(run_workers(per_worker, work))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,10 +49,11 @@ class Connection:
 class Server:
     """The connection handlers of both protocols, feeding one Hub."""
 
-    def __init__(self, hub: Hub, read_timeout: float = 10.0, marks: bool = False) -> None:
+    def __init__(self, hub: Hub, read_timeout: float = 10.0, marks: bool = False, worker: int | None = None) -> None:
         self.hub = hub
         self.read_timeout = read_timeout
         self.marks = marks
+        self.worker = worker  # this process's index under `serve --workers`, named in each call's start line
         self.connections: set[Connection] = set()
 
     def connect(self, protocol: str, peer: str, close: Callable[[], None]) -> Connection:
@@ -74,6 +76,8 @@ class Server:
         on_events: Callable[[list[Event]], None] | None = None,
     ) -> None:
         """Start the connection's call in the hub; a call id already being served is refused."""
+        if self.worker is not None:
+            info = {**info, "worker": self.worker}
         try:
             self.hub.open(conn.call_id, sample_rate, info, on_events, encoding)
         except DuplicateCall as exc:
@@ -239,6 +243,7 @@ class Listen:
     protocol: str  # "audiosocket" or "mediastream"
     host: str
     port: int
+    sock: socket.socket | None = None  # already listening on host:port (serve --workers)
 
 
 def _log_unexpected(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -261,17 +266,16 @@ class ListenError(Exception):
 
 
 async def _listen(server: Server, spec: Listen) -> Any:
+    where: dict[str, Any] = {"sock": spec.sock} if spec.sock else {"host": spec.host, "port": spec.port}
     if spec.protocol == "audiosocket":
-        return await asyncio.get_running_loop().create_server(server.audiosocket, spec.host, spec.port)
+        return await asyncio.get_running_loop().create_server(server.audiosocket, **where)
     import logging
 
     from websockets.asyncio.server import serve as ws_serve
 
     quiet = logging.getLogger("anger_stream.serve.websockets")
     quiet.setLevel(logging.CRITICAL)  # failed handshakes would be logged with tracebacks
-    return await ws_serve(
-        server.mediastream, spec.host, spec.port, max_size=1 << 16, process_request=_health, logger=quiet
-    )
+    return await ws_serve(server.mediastream, **where, max_size=1 << 16, process_request=_health, logger=quiet)
 
 
 async def serve(
@@ -279,9 +283,13 @@ async def serve(
     listen: list[Listen],
     read_timeout: float = 10.0,
     marks: bool = False,
+    worker: int | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; then end every call ("interrupted"), report it, and return."""
-    server = Server(hub, read_timeout, marks)
+    """Serve until SIGINT/SIGTERM; then end every call ("interrupted"), report it, and return.
+
+    `worker`: this process's index under `serve --workers`, named in its `listening` and call `start` lines.
+    """
+    server = Server(hub, read_timeout, marks, worker)
     listeners = []
     for spec in listen:
         try:
@@ -291,8 +299,9 @@ async def serve(
                 f"cannot listen on {spec.host}:{spec.port} ({spec.protocol}): {exc.strerror or exc}"
             ) from None
         host, port = listeners[-1].sockets[0].getsockname()[:2]
-        log(f"{spec.protocol} listening on {host}:{port}")
-        hub.emit(to_json(Status("listening", 0.0, {"protocol": spec.protocol, "host": host, "port": port})))
+        which = {} if worker is None else {"worker": worker}
+        log(f"{spec.protocol} listening on {host}:{port}" + (f" (worker {worker})" if which else ""))
+        hub.emit(to_json(Status("listening", 0.0, {"protocol": spec.protocol, "host": host, "port": port, **which})))
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

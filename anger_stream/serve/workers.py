@@ -1,0 +1,108 @@
+"""`serve --workers N`: N server processes sharing the listening ports, so one host's calls use all its cores.
+
+One process's event loop and Python-side work run under one GIL, and that, not the model, caps the calls a
+process holds (docs/telephony.md). Each worker is a whole `serve` process with its own model, hub and calls.
+The parent binds every address once per worker with SO_REUSEPORT before forking, so the kernel spreads new
+connections over the workers' sockets and port 0 resolves to one port for all. A call lives and ends in the
+worker that accepted it. The parent forwards SIGINT/SIGTERM and waits; if a worker fails, it stops the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+
+from .server import Listen, ListenError
+
+BACKLOG = 1024
+
+
+def bind(listen: list[Listen], workers: int) -> list[list[Listen]]:
+    """Each worker's copy of `listen`, with its own listening socket on the same port (ListenError if not)."""
+    per_worker: list[list[Listen]] = [[] for _ in range(workers)]
+    for spec in listen:
+        port = spec.port
+        for copies in per_worker:
+            try:
+                family, kind, proto, _, address = socket.getaddrinfo(
+                    spec.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                )[0]
+                sock = socket.socket(family, kind, proto)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(address)
+                sock.listen(BACKLOG)
+            except OSError as exc:
+                raise ListenError(
+                    f"cannot listen on {spec.host}:{spec.port} ({spec.protocol}): {exc.strerror or exc}"
+                ) from None
+            port = sock.getsockname()[1]
+            copies.append(replace(spec, port=port, sock=sock))
+    return per_worker
+
+
+def run(per_worker: list[list[Listen]], work: Callable[[int, list[Listen]], None]) -> int:
+    """Fork a process per worker to run `work(index, its listeners)`; the first failing exit code, or 0."""
+    children: dict[int, int] = {}
+    for index, listen in enumerate(per_worker):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(index, listen, per_worker, work)
+        children[pid] = index
+    for copies in per_worker:  # the workers hold the sockets now
+        for spec in copies:
+            spec.sock.close()
+
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            os.kill(pid, signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    code = 0
+    while children:
+        pid, status = os.wait()
+        index = children.pop(pid)
+        rc = os.waitstatus_to_exitcode(status)
+        if rc == 0 or (stopping and -rc in (signal.SIGINT, signal.SIGTERM)):
+            continue
+        if code == 0:
+            print(f"anger-stream serve: worker {index} exited with code {rc}; stopping", file=sys.stderr, flush=True)
+            code = rc if rc > 0 else 1
+            stopping = True
+            for other in children:
+                os.kill(other, signal.SIGTERM)
+    return code
+
+
+def _child(
+    index: int, listen: list[Listen], per_worker: list[list[Listen]], work: Callable[[int, list[Listen]], None]
+) -> None:
+    """In a forked worker: keep only its own sockets, run, and exit without returning into the parent's code."""
+    code = 1
+    try:
+        for other, copies in enumerate(per_worker):
+            for spec in copies if other != index else ():
+                spec.sock.close()
+        work(index, listen)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except KeyboardInterrupt:  # Ctrl-C before the worker's own handler was in place
+        code = 0
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
