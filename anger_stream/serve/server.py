@@ -1,9 +1,10 @@
 """asyncio telephony servers around one Hub: Asterisk AudioSocket over TCP, Media Streams over WebSocket.
 
-A connection only parses its protocol and hands samples to the hub (hub.py), which scores every call in one
-shared StreamSet. AudioSocket connections are asyncio Protocols: each chunk of bytes goes straight into the
-sans-I/O parser, with no task, stream reader or timer per frame (at 50 frames per second per call, that
-per-frame overhead is what limits a server). One watchdog task closes connections that stop sending.
+A connection only parses its protocol and hands audio bytes to the hub (hub.py), which scores every call in
+one shared StreamSet. Connections are asyncio Protocols: each chunk of bytes goes straight into the sans-I/O
+parsers (AudioSocket here, Media Streams in websocket.py), with no task, stream reader or timer per frame (at
+50 frames per second per call, that per-frame machinery is what limits a server). One watchdog task closes
+connections that stop sending.
 Events go to stdout as JSON lines with the call id first; problems with one call go to stderr and end
 that call only.
 """
@@ -19,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..events import Event, Status, Window, to_json
-from . import audiosocket, mediastream
+from ..events import Event, Status, to_json
+from . import audiosocket
 from .hub import DuplicateCall, Hub, log
 
 SWITCH_INTERVAL_S = 0.0005
@@ -29,7 +30,7 @@ thread that released it (numpy, the model) waits up to this long to get it back,
 Python's default of 5 ms made ticks crawl (docs/telephony.md has the A/B)."""
 
 
-def _peer(address: Any) -> str:
+def peer_name(address: Any) -> str:
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else str(address)
 
 
@@ -121,62 +122,6 @@ class Server:
                     self.fail(conn, conn.idle_error)
                     conn.close()
 
-    def audiosocket(self) -> AudioSocketConnection:
-        """A protocol instance for a new AudioSocket connection (asyncio's protocol factory)."""
-        return AudioSocketConnection(self)
-
-    async def mediastream(self, ws: Any) -> None:
-        """One Media Streams WebSocket: connected, start, media..., stop."""
-        from websockets.exceptions import ConnectionClosed
-
-        loop = asyncio.get_running_loop()
-        parser = mediastream.Parser()
-        tasks: set[asyncio.Task] = set()
-
-        def spawn(coro: Any) -> None:
-            task = asyncio.ensure_future(coro)
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        def send_marks(events: list[Event]) -> None:
-            for e in events:
-                if not isinstance(e, Window) and not isinstance(e, Status):
-                    name = f"{e.to_dict()['type']}:{e.t:.3f}"
-                    spawn(ws.send(mediastream.mark_message(parser.start.stream_sid, name)))
-
-        peer = _peer(ws.remote_address)
-        conn = self.connect("mediastream", peer, lambda: spawn(ws.close(1001, "closing the call")))
-        try:
-            async for message in ws:  # ends when the peer closes cleanly
-                conn.seen = loop.time()
-                event = parser.receive(message)
-                if isinstance(event, mediastream.Media):
-                    if event.track == "inbound":
-                        self.hub.push(conn.call_id, event.payload)
-                elif isinstance(event, mediastream.Start):
-                    conn.call_id = event.call_id
-                    info = {"protocol": "mediastream", "peer": peer, "stream": event.stream_sid}
-                    law = mediastream.ENCODINGS[event.encoding]
-                    self.open(conn, event.sample_rate, law, info, send_marks if self.marks else None)
-                elif isinstance(event, mediastream.Dtmf):
-                    self.hub.note(conn.call_id, Status("dtmf", self.hub.t(conn.call_id), {"digit": event.digit}))
-                elif isinstance(event, mediastream.Stop):
-                    self.end(conn)
-                if conn.over:
-                    break
-            else:
-                self.end(conn, "end", {"stop": False})
-        except mediastream.ProtocolError as exc:
-            self.fail(conn, f"protocol error: {exc}")
-        except ConnectionClosed as exc:
-            self.fail(conn, f"connection lost: {exc}")
-        finally:
-            self.disconnect(conn)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 1.0)
-            for task in list(tasks):
-                task.cancel()
-
 
 class AudioSocketConnection(asyncio.Protocol):
     """One AudioSocket connection: UUID, audio frames, hangup (or EOF), parsed as the bytes arrive."""
@@ -188,7 +133,7 @@ class AudioSocketConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.loop = asyncio.get_running_loop()
-        self.conn = self.server.connect("audiosocket", _peer(transport.get_extra_info("peername")), transport.close)
+        self.conn = self.server.connect("audiosocket", peer_name(transport.get_extra_info("peername")), transport.close)
 
     def data_received(self, data: bytes) -> None:
         self.conn.seen = self.loop.time()
@@ -252,30 +197,17 @@ def _log_unexpected(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
     log(f"internal error: {context.get('message', '')}: {type(exc).__name__}: {exc}" if exc else context["message"])
 
 
-def _health(connection: Any, request: Any) -> Any:
-    """Plain HTTP GET /health (load balancer checks) gets 200 instead of a WebSocket upgrade."""
-    from http import HTTPStatus
-
-    if request.path == "/health":
-        return connection.respond(HTTPStatus.OK, "OK\n")
-    return None
-
-
 class ListenError(Exception):
     """An address to listen on is taken, invalid or not allowed."""
 
 
-async def _listen(server: Server, spec: Listen) -> Any:
-    where: dict[str, Any] = {"sock": spec.sock} if spec.sock else {"host": spec.host, "port": spec.port}
+async def _listen(server: Server, spec: Listen) -> asyncio.Server:
     if spec.protocol == "audiosocket":
-        return await asyncio.get_running_loop().create_server(server.audiosocket, **where)
-    import logging
-
-    from websockets.asyncio.server import serve as ws_serve
-
-    quiet = logging.getLogger("anger_stream.serve.websockets")
-    quiet.setLevel(logging.CRITICAL)  # failed handshakes would be logged with tracebacks
-    return await ws_serve(server.mediastream, **where, max_size=1 << 16, process_request=_health, logger=quiet)
+        protocol: type[asyncio.Protocol] = AudioSocketConnection
+    else:
+        from .websocket import MediaStreamConnection as protocol  # needs the `serve` extra (websockets)
+    where: dict[str, Any] = {"sock": spec.sock} if spec.sock else {"host": spec.host, "port": spec.port}
+    return await asyncio.get_running_loop().create_server(lambda: protocol(server), **where)
 
 
 async def serve(
