@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from anger_stream import audio
 from anger_stream.serve import audiosocket, mediastream
@@ -42,7 +45,8 @@ class Call:
     call_id: str
     start_frame: int  # pacing tick at which the call starts streaming
     sent_at: np.ndarray  # wall time each frame was sent
-    conn: object = None
+    conn: asyncio.StreamWriter | None = None
+    ws: ClientProtocol | None = None  # Media Streams: the WebSocket framing (sans-I/O)
     failed: int = 0
     latencies: list[float] = field(default_factory=list)
     windows: int = 0
@@ -55,6 +59,22 @@ def load_audio(path: Path, duration: float) -> np.ndarray:
     x = audio.resample(audio.mixdown(x), rate, RATE)
     n = round(duration * RATE)
     return (np.clip(np.resize(x, n), -1, 1 - 1 / 32768) * 32768).astype(np.int16)
+
+
+async def ws_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uri: str) -> ClientProtocol:
+    """Open a WebSocket on a connected socket. Frames are then built by websockets' sans-I/O client and written
+    straight to the socket: a coroutine-per-message client would cost as much CPU as the server it loads."""
+    ws = ClientProtocol(parse_uri(uri))
+    ws.send_request(ws.connect())
+    writer.write(b"".join(ws.data_to_send()))
+    while ws.state is State.CONNECTING:
+        data = await asyncio.wait_for(reader.read(4096), 60)
+        if not data:
+            raise OSError("the server closed the connection during the WebSocket handshake")
+        ws.receive_data(data)
+    if ws.handshake_exc is not None:
+        raise OSError(f"WebSocket handshake failed: {ws.handshake_exc}")
+    return ws
 
 
 def loopback(host: str) -> bool:
@@ -128,33 +148,33 @@ class LoadTest:
                 ended += 1
 
     async def connect(self, port: int, call: Call) -> None:
-        if self.args.protocol == "audiosocket":
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            call.conn = writer
-        else:
-            from websockets.asyncio.client import connect
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        call.conn = writer
+        if self.args.protocol == "mediastream":
+            call.ws = await ws_handshake(reader, writer, f"ws://127.0.0.1:{port}/media")
 
-            call.conn = await connect(f"ws://127.0.0.1:{port}/media", compression=None, open_timeout=60)
-
-    async def send_frame(self, call: Call, k: int) -> None:
+    def send_frame(self, call: Call, k: int) -> None:
         """Frame k of a call (and the call's opening before frame 0, its end after the last)."""
+        w = call.conn
         try:
             if self.args.protocol == "audiosocket":
-                w = call.conn
                 w.write((audiosocket.uuid_frame(call.call_id) if k == 0 else b"") + self.frames[k])
                 if k == self.n_frames - 1:
                     w.write(audiosocket.hangup_frame())
                     w.close()
             else:
-                ws, sid = call.conn, f"MZ{call.call_id}"
+                ws, sid = call.ws, f"MZ{call.call_id}"
                 if k == 0:
-                    await ws.send(mediastream.connected_message())
-                    await ws.send(mediastream.start_message(sid, call.call_id))
-                await ws.send(mediastream.media_message(sid, self.frames[k], k + 1, k * 20))
+                    ws.send_text(mediastream.connected_message().encode())
+                    ws.send_text(mediastream.start_message(sid, call.call_id).encode())
+                ws.send_text(mediastream.media_message(sid, self.frames[k], k + 1, k * 20).encode())
                 if k == self.n_frames - 1:
-                    await ws.send(mediastream.stop_message(sid, call.call_id))
-                    await ws.close()
-        except Exception as exc:  # OSError, or websockets' ConnectionClosed
+                    ws.send_text(mediastream.stop_message(sid, call.call_id).encode())
+                    ws.send_close(1000)
+                w.write(b"".join(ws.data_to_send()))
+                if k == self.n_frames - 1:
+                    w.close()
+        except OSError as exc:
             call.failed += 1
             if call.failed == 1:
                 print(f"loadtest: call {call.call_id}: send failed: {exc}", file=sys.stderr)
@@ -175,7 +195,7 @@ class LoadTest:
                 k = tick - call.start_frame
                 if 0 <= k < self.n_frames:
                     call.sent_at[k] = time.monotonic()
-                    await self.send_frame(call, k)
+                    self.send_frame(call, k)
 
     async def run(self) -> dict:
         proc, port = await self.start_server()
