@@ -66,6 +66,45 @@ def test_concurrent_calls_on_both_protocols_are_independent(server: ServeProcess
         assert_same_events(server.call_events(call)[:-1], expected_lines(audio, 8000, call))
 
 
+def test_websocket_fragments_pings_and_invalid_utf8(server: ServeProcess, speech: np.ndarray) -> None:
+    from websockets.client import ClientProtocol
+    from websockets.protocol import State
+    from websockets.sync.client import connect
+    from websockets.uri import parse_uri
+
+    from tools.telephone import mulaw_encode
+
+    call, sid, port = f"CA{uuid.uuid4().hex}", f"MZ{uuid.uuid4().hex}", server.ports["mediastream"]
+    payload = mulaw_encode(speech.astype(np.float32) / 32768.0)
+    messages = [mediastream.start_message(sid, call)] + [
+        mediastream.media_message(sid, payload[i : i + 160], n + 1, i // 8)
+        for n, i in enumerate(range(0, len(payload), 160))
+    ]
+    with connect(f"ws://127.0.0.1:{port}/media") as ws:
+        for msg in messages:
+            ws.send([msg[:7], msg[7:50], msg[50:]])  # one message in three frames
+        assert ws.ping().wait(5)  # the WebSocket layer answers pings
+        ws.send(mediastream.stop_message(sid, call))
+    events = server.call_events(call)
+    assert events[-1]["state"] == "end"
+    assert_same_events(events[:-1], expected_lines(mulaw_roundtrip(speech), 8000, call))
+
+    bad = f"CA{uuid.uuid4().hex}"
+    ws = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/media"))
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        ws.send_request(ws.connect())
+        s.sendall(b"".join(ws.data_to_send()))
+        while ws.state is State.CONNECTING:
+            ws.receive_data(s.recv(4096))
+        ws.send_text(mediastream.start_message(sid, bad).encode())
+        ws.send_text(b"\xff\xfe not UTF-8")
+        s.sendall(b"".join(ws.data_to_send()))
+        s.settimeout(10)
+        while s.recv(4096):  # the server closes the call and the connection
+            pass
+    assert server.call_events(bad)[-1]["error"] == "protocol error: text message is not valid UTF-8"
+
+
 def test_16khz_audiosocket_and_dtmf(server: ServeProcess, speech: np.ndarray) -> None:
     call = str(uuid.uuid4())
     wide = np.repeat(speech, 2)
