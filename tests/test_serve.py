@@ -54,16 +54,23 @@ def test_mediastream_call_equals_the_single_stream_detector(server: ServeProcess
 def test_concurrent_calls_on_both_protocols_are_independent(server: ServeProcess, speech: np.ndarray) -> None:
     rng = np.random.default_rng(1)
     clips = [(speech * rng.uniform(0.05, 1.0)).astype(np.int16)[: rng.integers(9000, len(speech))] for _ in range(8)]
+    check_mixed_calls(server, clips, frames=[int(rng.integers(1, 400)) for _ in clips])
+
+
+def check_mixed_calls(srv: ServeProcess, clips: list[np.ndarray], frames: list[int] | None = None) -> None:
+    """Odd clips as AudioSocket calls, even ones as Media Streams calls, 8 at once; each call's events must
+    equal the single-stream detector's."""
+    frames = frames or [160] * len(clips)
     with ThreadPoolExecutor(8) as pool:
         futures = [
-            pool.submit(audiosocket_call if i % 2 else mediastream_call, server.ports["audiosocket" if i % 2 else
-                        "mediastream"], clip, frame=int(rng.integers(1, 400)))
-            for i, clip in enumerate(clips)
+            pool.submit(audiosocket_call if i % 2 else mediastream_call,
+                        srv.ports["audiosocket" if i % 2 else "mediastream"], clip, frame=frame)
+            for i, (clip, frame) in enumerate(zip(clips, frames, strict=True))
         ]  # fmt: skip
         calls = [f.result() for f in futures]
     for i, (call, clip) in enumerate(zip(calls, clips, strict=True)):
         audio = clip if i % 2 else mulaw_roundtrip(clip)
-        assert_same_events(server.call_events(call)[:-1], expected_lines(audio, 8000, call))
+        assert_same_events(srv.call_events(call)[:-1], expected_lines(audio, 8000, call))
 
 
 def test_websocket_fragments_pings_and_invalid_utf8(server: ServeProcess, speech: np.ndarray) -> None:
@@ -242,17 +249,7 @@ def test_workers_share_the_ports_and_each_call_stays_whole(speech: np.ndarray) -
     assert sorted((e["protocol"], e["worker"]) for e in srv.listening) == [
         ("audiosocket", 0), ("audiosocket", 1), ("mediastream", 0), ("mediastream", 1)
     ]  # fmt: skip
-    clips = [speech[: 9000 + 1500 * i] for i in range(16)]
-    with ThreadPoolExecutor(8) as pool:
-        futures = [
-            pool.submit(audiosocket_call if i % 2 else mediastream_call,
-                        srv.ports["audiosocket" if i % 2 else "mediastream"], clip)
-            for i, clip in enumerate(clips)
-        ]  # fmt: skip
-        calls = [f.result() for f in futures]
-    for i, (call, clip) in enumerate(zip(calls, clips, strict=True)):
-        audio = clip if i % 2 else mulaw_roundtrip(clip)
-        assert_same_events(srv.call_events(call)[:-1], expected_lines(audio, 8000, call))
+    check_mixed_calls(srv, [speech[: 9000 + 1500 * i] for i in range(16)])
     starts = [e for e in srv.events if e.get("state") == "start"]
     assert len(starts) == 16 and {e["worker"] for e in starts} == {0, 1}  # the kernel spread the calls
     assert srv.stop() == 0
