@@ -172,12 +172,10 @@ class AudioSocketConnection(asyncio.Protocol):
                         server.end(conn, "end", {"asterisk_error": 1})
                     else:
                         server.fail(conn, f"Asterisk reported error code {event.code}")
-                elif conn.opened:  # Hangup
-                    server.end(conn)
-                else:
-                    if self.parser.received_anything:
+                else:  # Hangup or EOF; before any audio, a port probe (nothing received) gets no line
+                    if not conn.opened and self.parser.received_anything:
                         hub.note(conn.call_id, Status("end", 0.0, {"windows": 0}))
-                    conn.over = True
+                    server.end(conn)
         except audiosocket.ProtocolError as exc:
             server.fail(conn, f"protocol error: {exc}")
         self.transport.close()
