@@ -85,13 +85,16 @@ def _start_with(**fmt: object) -> str:
         ),
         ([m.start_message(SID, CALL), m.media_message("MZother", b"x", 1, 0)], "does not match"),
         ([m.start_message(SID, CALL), json.dumps({"event": "clear", "streamSid": SID})], "unknown event"),
+        ([m.start_message(SID, "CA" + "x" * 200)], "longer than 128 characters"),
+        ([m.start_message(SID, CALL), json.dumps({"event": "x" * 5000, "streamSid": SID})], r"event 'x+\.\.\.$"),
     ],
 )
 def test_protocol_errors(messages: list, error: str) -> None:
     p = m.Parser()
-    with pytest.raises(m.ProtocolError, match=error):
+    with pytest.raises(m.ProtocolError, match=error) as raised:
         for msg in messages:
             p.receive(msg)
+    assert len(str(raised.value)) < 200  # what the peer sent is cut short: error texts go into JSON lines
 
 
 def test_payload_round_trips_through_base64() -> None:

@@ -134,6 +134,10 @@ def test_a_call_id_in_use_is_refused(server: ServeProcess, speech: np.ndarray) -
         second.sendall(audiosocket.uuid_frame(call) + audiosocket.audio_frame(speech[:800]))
         second.settimeout(5)
         assert second.recv(10) == b""  # closed by the server
+    with socket.create_connection(("127.0.0.1", server.ports["audiosocket"])) as third:  # no audio: refused too
+        third.sendall(audiosocket.uuid_frame(call) + audiosocket.dtmf_frame("5") + audiosocket.hangup_frame())
+        third.settimeout(5)
+        assert third.recv(10) == b""
     rest = [audiosocket.audio_frame(speech[i : i + 160]) for i in range(800, len(speech), 160)]
     first.sendall(b"".join(rest) + audiosocket.hangup_frame())
     first.close()
@@ -141,7 +145,25 @@ def test_a_call_id_in_use_is_refused(server: ServeProcess, speech: np.ndarray) -
     assert events[-1]["state"] == "end"
     assert_same_events(events[:-1], expected_lines(speech, 8000, call))
     refused = [e for e in server.events if e.get("call", "").startswith(f"{call}@")]
-    assert refused and refused[0]["state"] == "error" and "already being served" in refused[0]["error"]
+    assert len(refused) == 2 and all(e["state"] == "error" and "already being served" in e["error"] for e in refused)
+    assert [e["state"] for e in events if e["type"] == "status"] == ["end"]  # nothing of theirs in the call
+
+
+def test_health_checks_and_probes_are_quiet(server: ServeProcess) -> None:
+    from websockets.frames import Frame, Opcode
+
+    before = len(server.stderr)
+    frame = Frame(Opcode.TEXT, mediastream.connected_message().encode()).serialize(mask=True, extensions=[])
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.ports["mediastream"])) as s:
+        s.sendall(request + frame)  # a WebSocket frame pipelined after a plain GET
+        s.settimeout(5)
+        reply = b"".join(iter(lambda: s.recv(4096), b""))
+    assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"OK\n")
+    with socket.create_connection(("127.0.0.1", server.ports["audiosocket"])) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
+    time.sleep(0.3)
+    assert server.stderr[before:] == []
 
 
 def test_events_only_and_marks(speech: np.ndarray) -> None:
@@ -269,6 +291,38 @@ def test_workers_stop_together(speech: np.ndarray) -> None:
     subprocess.run(["kill", "-KILL", str(worker)], check=True)
     assert crashing.proc.wait(15) == 1
     assert "exited with code -9; stopping" in "".join(crashing.stderr)
+
+
+def test_workers_stop_when_the_parent_dies() -> None:
+    srv = ServeProcess(workers=2)
+    workers = subprocess.check_output(["pgrep", "-P", str(srv.proc.pid)], text=True).split()
+    srv.proc.kill()
+    srv.proc.wait(5)
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "workers outlived their parent"
+
+
+def test_workers_refuse_a_port_in_use_by_workers() -> None:
+    first = ServeProcess(workers=2)
+    port = first.ports["audiosocket"]
+    try:
+        for args in (["--audiosocket", f"127.0.0.1:{port}"], ["--mediastream", f"127.0.0.1:{port}"]):
+            r = subprocess.run([CLI, "serve", *args, "--workers", "2"], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 3 and "cannot listen" in r.stderr, r.stderr
+        both = ["--audiosocket", "127.0.0.1:0", "--mediastream", f"127.0.0.1:{_free_port()}"]
+        both[1] = both[3]  # the same free port for both protocols
+        r = subprocess.run([CLI, "serve", *both, "--workers", "2"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 3 and "cannot listen" in r.stderr, r.stderr
+    finally:
+        assert first.stop() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_workers_report_listen_and_model_errors_once() -> None:

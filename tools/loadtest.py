@@ -154,30 +154,32 @@ class LoadTest:
             call.ws = await ws_handshake(reader, writer, f"ws://127.0.0.1:{port}/media")
 
     def send_frame(self, call: Call, k: int) -> None:
-        """Frame k of a call (and the call's opening before frame 0, its end after the last)."""
+        """Frame k of a call (and the call's opening before frame 0, its end after the last).
+
+        A frame is dropped when the connection is already closed or reset (asyncio's writes do not raise then).
+        """
         w = call.conn
-        try:
-            if self.args.protocol == "audiosocket":
-                w.write((audiosocket.uuid_frame(call.call_id) if k == 0 else b"") + self.frames[k])
-                if k == self.n_frames - 1:
-                    w.write(audiosocket.hangup_frame())
-                    w.close()
-            else:
-                ws, sid = call.ws, f"MZ{call.call_id}"
-                if k == 0:
-                    ws.send_text(mediastream.connected_message().encode())
-                    ws.send_text(mediastream.start_message(sid, call.call_id).encode())
-                ws.send_text(mediastream.media_message(sid, self.frames[k], k + 1, k * 20).encode())
-                if k == self.n_frames - 1:
-                    ws.send_text(mediastream.stop_message(sid, call.call_id).encode())
-                    ws.send_close(1000)
-                w.write(b"".join(ws.data_to_send()))
-                if k == self.n_frames - 1:
-                    w.close()
-        except OSError as exc:
+        if w.is_closing():
             call.failed += 1
             if call.failed == 1:
-                print(f"loadtest: call {call.call_id}: send failed: {exc}", file=sys.stderr)
+                print(f"loadtest: call {call.call_id}: the connection closed before frame {k}", file=sys.stderr)
+            return
+        if self.args.protocol == "audiosocket":
+            w.write((audiosocket.uuid_frame(call.call_id) if k == 0 else b"") + self.frames[k])
+            if k == self.n_frames - 1:
+                w.write(audiosocket.hangup_frame())
+        else:
+            ws, sid = call.ws, f"MZ{call.call_id}"
+            if k == 0:
+                ws.send_text(mediastream.connected_message().encode())
+                ws.send_text(mediastream.start_message(sid, call.call_id).encode())
+            ws.send_text(mediastream.media_message(sid, self.frames[k], k + 1, k * 20).encode())
+            if k == self.n_frames - 1:
+                ws.send_text(mediastream.stop_message(sid, call.call_id).encode())
+                ws.send_close(1000)
+            w.write(b"".join(ws.data_to_send()))
+        if k == self.n_frames - 1:
+            w.close()
 
     async def stream(self) -> None:
         """Every 20 ms: the frame that just completed, for every call that is streaming."""
@@ -231,7 +233,7 @@ class LoadTest:
             "calls_failed": len(finals) - ended,
             "windows_expected": self.expected_windows * len(self.calls),
             "windows_received": int(sum(c.windows for c in self.calls.values())),
-            "frames_sent": int(sum((c.sent_at > 0).sum() for c in self.calls.values())),
+            "frames_sent": int(sum((c.sent_at > 0).sum() - c.failed for c in self.calls.values())),
             "frames_dropped": int(sum(c.failed for c in self.calls.values())),
             "latency_ms": {
                 q: round(float(np.percentile(lat, p)), 1) if len(lat) else None
@@ -239,7 +241,7 @@ class LoadTest:
             },
             "pacing_late_ticks": self.late_ticks,
             "pacing_max_lag_ms": round(self.max_lag * 1000, 1),
-            "server_cpu_percent": round(100 * server_cpu / streamed, 1),
+            "server_cpu_percent": round(100 * server_cpu / streamed, 1) if server_cpu >= 0 else None,  # None: it died
             "client_cpu_percent": round(100 * client_cpu / streamed, 1),
             "load_average": os.getloadavg()[0],
         }

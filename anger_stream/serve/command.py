@@ -107,6 +107,7 @@ def serve(
     if workers == 1:
         work(None, listen, loaded)
         return
+    del loaded  # each worker loads its own after the fork
     try:
         per_worker = bind(listen, workers)
     except ListenError as exc:

@@ -20,6 +20,8 @@ from ..audio import G711
 
 ENCODINGS = {"audio/x-mulaw": "mulaw", "audio/x-alaw": "alaw"}
 MAX_RATE = 48_000
+MAX_ID = 128
+"""Longest stream or call id accepted (Twilio's SIDs have 34 characters); ids are echoed in every line."""
 
 
 class ProtocolError(Exception):
@@ -87,6 +89,12 @@ def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: st
     return value
 
 
+def _quote(value: Any, limit: int = 40) -> str:
+    """repr of a value from the peer, cut short: error messages go into JSON lines."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
@@ -119,10 +127,10 @@ class Parser:
         if event == "start":
             return self._start(msg)
         if self.start is None:
-            raise ProtocolError(f"'{event}' before 'start'")
+            raise ProtocolError(f"{_quote(event)} before 'start'")
         sid = msg.get("streamSid")
         if sid is not None and sid != self.start.stream_sid:
-            raise ProtocolError(f"streamSid {sid!r} does not match the stream's {self.start.stream_sid!r}")
+            raise ProtocolError(f"streamSid {_quote(sid)} does not match the stream's {self.start.stream_sid!r}")
         if event == "media":
             return self._media(_get(msg, "media", dict, "message"))
         if event == "dtmf":
@@ -132,7 +140,7 @@ class Parser:
         if event == "stop":
             self.done = True
             return Stop()
-        raise ProtocolError(f"unknown event {event!r}")
+        raise ProtocolError(f"unknown event {_quote(event)}")
 
     def _start(self, msg: dict[str, Any]) -> Start:
         if self.start is not None:
@@ -144,17 +152,19 @@ class Parser:
         fmt = _get(start, "mediaFormat", dict, "start")
         encoding = _get(fmt, "encoding", str, "start.mediaFormat")
         if encoding not in ENCODINGS:
-            raise ProtocolError(f"unsupported encoding {encoding!r} (supported: {', '.join(ENCODINGS)})")
+            raise ProtocolError(f"unsupported encoding {_quote(encoding)} (supported: {', '.join(ENCODINGS)})")
         rate = _get(fmt, "sampleRate", int, "start.mediaFormat")
         if not 4000 <= rate <= MAX_RATE:
             raise ProtocolError(f"unsupported sample rate {rate}")
         if fmt.get("channels", 1) != 1:
-            raise ProtocolError(f"only mono streams are supported, not {fmt.get('channels')!r} channels")
+            raise ProtocolError(f"only mono streams are supported, not {_quote(fmt.get('channels'))} channels")
         call_sid = start.get("callSid", "")
         tracks = start.get("tracks", ["inbound"])
         params = start.get("customParameters") or {}
         if not isinstance(call_sid, str) or not isinstance(tracks, list) or not isinstance(params, dict):
             raise ProtocolError("start.callSid, start.tracks or start.customParameters has the wrong type")
+        if len(stream_sid) > MAX_ID or len(call_sid) > MAX_ID:
+            raise ProtocolError(f"streamSid or callSid longer than {MAX_ID} characters")
         self._law = ENCODINGS[encoding]
         self.start = Start(stream_sid, call_sid, rate, encoding, tuple(map(str, tracks)), params)
         return self.start

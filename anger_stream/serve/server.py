@@ -24,6 +24,8 @@ from ..events import Event, Status, to_json
 from . import audiosocket
 from .hub import DuplicateCall, Hub, log
 
+BACKLOG = 1024
+"""Pending connections per listening socket (asyncio's default of 100 is short for a burst of calls)."""
 SWITCH_INTERVAL_S = 0.0005
 """The GIL switch interval while serving. The event loop holds the GIL for most of each frame; a scoring
 thread that released it (numpy, the model) waits up to this long to get it back, many times per tick.
@@ -68,6 +70,14 @@ class Server:
         self.connections.discard(conn)
         self.end(conn, "interrupted")
 
+    def name(self, conn: Connection, call_id: str) -> None:
+        """The protocol named the connection's call; an id already being served is refused at once."""
+        if call_id in self.hub.calls:
+            conn.call_id = f"{call_id}@{conn.peer}"  # the other connection owns that id
+            self.fail(conn, f"call id {call_id!r} is already being served")
+        else:
+            conn.call_id = call_id
+
     def open(
         self,
         conn: Connection,
@@ -76,7 +86,7 @@ class Server:
         info: dict[str, Any],
         on_events: Callable[[list[Event]], None] | None = None,
     ) -> None:
-        """Start the connection's call in the hub; a call id already being served is refused."""
+        """Start the connection's call in the hub; a call id already being served (a race with `name`) is refused."""
         if self.worker is not None:
             info = {**info, "worker": self.worker}
         try:
@@ -146,7 +156,7 @@ class AudioSocketConnection(asyncio.Protocol):
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
+        if exc is not None and self.parser.received_anything:  # a reset port probe is not a call
             self.server.fail(self.conn, f"connection lost: {exc}")
         self.server.disconnect(self.conn)
 
@@ -164,7 +174,7 @@ class AudioSocketConnection(asyncio.Protocol):
                     if conn.opened:
                         hub.push(conn.call_id, event.pcm)
                 elif isinstance(event, audiosocket.CallId):
-                    conn.call_id = event.call_id
+                    server.name(conn, event.call_id)
                 elif isinstance(event, audiosocket.Dtmf):
                     hub.note(conn.call_id, Status("dtmf", hub.t(conn.call_id), {"digit": event.digit}))
                 elif isinstance(event, audiosocket.AsteriskError):
@@ -205,7 +215,7 @@ async def _listen(server: Server, spec: Listen) -> asyncio.Server:
     else:
         from .websocket import MediaStreamConnection as protocol  # needs the `serve` extra (websockets)
     where: dict[str, Any] = {"sock": spec.sock} if spec.sock else {"host": spec.host, "port": spec.port}
-    return await asyncio.get_running_loop().create_server(lambda: protocol(server), **where)
+    return await asyncio.get_running_loop().create_server(lambda: protocol(server), **where, backlog=BACKLOG)
 
 
 async def serve(

@@ -71,6 +71,8 @@ class MediaStreamConnection(asyncio.Protocol):
         for event in self.ws.events_received():
             if isinstance(event, Request):
                 self._handshake(event)
+            elif self.conn is None:  # frames pipelined after `GET /health` or a refused handshake
+                continue
             elif event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
                 self._data(event)
             elif event.opcode is Opcode.CLOSE:
@@ -127,7 +129,9 @@ class MediaStreamConnection(asyncio.Protocol):
             if event.track == "inbound":
                 hub.push(conn.call_id, event.payload)
         elif isinstance(event, mediastream.Start):
-            conn.call_id = event.call_id
+            server.name(conn, event.call_id)
+            if conn.over:
+                return
             info = {"protocol": "mediastream", "peer": conn.peer, "stream": event.stream_sid}
             law = mediastream.ENCODINGS[event.encoding]
             server.open(conn, event.sample_rate, law, info, self._send_marks if server.marks else None)
