@@ -1,7 +1,7 @@
 """Load test for `anger-stream serve`: N concurrent simulated calls in real time, latency from the client side.
 
     python -m tools.loadtest --protocol audiosocket --calls 300 --duration 20 --file call.wav \
-        --target 127.0.0.1:0
+        --target 127.0.0.1:0 --workers 2 [--model models/anger_fcn.int8.onnx]
 
 Starts the server as a subprocess on --target (loopback only), connects every call, then streams the file
 (8 kHz, 20 ms frames, each sent when its 20 ms of audio are complete, as a phone would) with call starts
