@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -108,6 +109,8 @@ def serve(
         work(None, listen, loaded)
         return
     del loaded  # each worker loads its own after the fork
+    if not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):
+        fail("--workers needs fork() and SO_REUSEPORT (Linux); run one server per port instead", EXIT_USAGE)
     try:
         per_worker = bind(listen, workers)
     except ListenError as exc:
