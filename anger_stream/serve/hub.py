@@ -1,10 +1,11 @@
 """The hub between connections and the shared StreamSet: buffers each call's audio, ticks the set when
 windows are due, and turns the results into JSON lines.
 
-Connection handlers (server.py) only parse and push samples; the hub pushes a call's buffered audio into the
-set when a window of it is due and runs `tick()` (one batched model call for every due window of every
-call) in a worker thread, so the event loop keeps reading sockets while the model runs. Only the worker
-touches the set while a tick is under way; calls' audio bytes are decoded there too, once per tick.
+Connection handlers (server.py, websocket.py) only parse and push audio bytes; the hub pushes a call's
+buffered audio into the set when a window of it is due and runs `tick()` (one batched model call for every
+due window of every call) in a worker thread, so the event loop keeps reading sockets while the model runs.
+Only the worker touches the set while a tick is under way; calls' audio bytes are decoded there too, once
+per tick.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from ..events import AngerStart, Event, Status, Window, to_json
 from ..sources import raw
 from ..streams import StreamSet
 
+ENCODINGS = ("s16le", "mulaw", "alaw")
+"""How calls' audio bytes may come: telephony's formats among sources.raw's (their decoding cannot fail)."""
+
 
 def log(message: str) -> None:
     """One line for people on stderr."""
@@ -42,7 +46,7 @@ class Call:
 
     call_id: str
     sample_rate: int
-    encoding: str  # a raw format of sources.raw: s16le, mulaw, alaw, f32le
+    encoding: str  # one of ENCODINGS
     on_events: Callable[[list[Event]], None] | None
     chunks: list[bytes] = field(default_factory=list)
     received: int = 0  # input samples received
@@ -85,8 +89,8 @@ class Hub:
         is being served."""
         if call_id in self.calls:
             raise DuplicateCall(f"call id {call_id!r} is already being served")
-        if encoding not in raw.FORMATS:
-            raise ValueError(f"unknown encoding {encoding!r} (known: {', '.join(raw.FORMATS)})")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
         call = Call(call_id, sample_rate, encoding, on_events)
         call.due_at = self._due_at(call, 0)
         self.calls[call_id] = call
