@@ -107,10 +107,17 @@ class ServeProcess:
                 self.proc.kill()
 
 
-def audiosocket_call(port: int, samples: np.ndarray, call: str | None = None, frame: int = 160) -> str:
-    """A whole AudioSocket call at 8 kHz, as fast as the socket takes it; returns the call id."""
+def audiosocket_call(
+    port: int, samples: np.ndarray, call: str | None = None, frame: int = 160, together: threading.Barrier | None = None
+) -> str:
+    """A whole AudioSocket call at 8 kHz, as fast as the socket takes it; returns the call id.
+
+    `together`: once connected, wait for the other calls of the barrier to connect before sending.
+    """
     call = call or str(uuid.uuid4())
     with socket.create_connection(("127.0.0.1", port)) as s:
+        if together is not None:
+            together.wait(30)
         s.sendall(audiosocket.uuid_frame(call))
         for i in range(0, len(samples), frame):
             s.sendall(audiosocket.audio_frame(samples[i : i + frame], 8000))
@@ -122,14 +129,21 @@ def audiosocket_call(port: int, samples: np.ndarray, call: str | None = None, fr
     return call
 
 
-def mediastream_call(port: int, samples: np.ndarray, call: str | None = None, frame: int = 160) -> str:
-    """A whole Media Streams call (mu-law 8 kHz), as fast as the socket takes it; returns the call id."""
+def mediastream_call(
+    port: int, samples: np.ndarray, call: str | None = None, frame: int = 160, together: threading.Barrier | None = None
+) -> str:
+    """A whole Media Streams call (mu-law 8 kHz), as fast as the socket takes it; returns the call id.
+
+    `together`: once the WebSocket is open, wait for the other calls of the barrier before sending.
+    """
     from websockets.sync.client import connect
 
     call = call or f"CA{uuid.uuid4().hex}"
     sid = f"MZ{uuid.uuid4().hex}"
     payload = mulaw_encode(samples.astype(np.float32) / 32768.0)
     with connect(f"ws://127.0.0.1:{port}/media") as ws:
+        if together is not None:
+            together.wait(30)
         ws.send(mediastream.connected_message())
         ws.send(mediastream.start_message(sid, call))
         for n, i in enumerate(range(0, len(payload), frame)):

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,8 +62,9 @@ def test_balanced_calls_come_back_complete(protocol: str, speech: np.ndarray) ->
         rng = np.random.default_rng(2)
         clips = [speech[: rng.integers(12000, len(speech))] for _ in range(6)]
         caller = audiosocket_call if protocol == "audiosocket" else mediastream_call
-        with ThreadPoolExecutor(6) as pool:
-            calls = list(pool.map(lambda clip: caller(port, clip, frame=800), clips))
+        together = threading.Barrier(len(clips))  # all connected at once: leastconn must use both servers
+        with ThreadPoolExecutor(len(clips)) as pool:
+            calls = list(pool.map(lambda clip: caller(port, clip, frame=800, together=together), clips))
         taken = {0: 0, 1: 0}
         for call, clip in zip(calls, clips, strict=True):
             i = _server_of(servers, call)
