@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,22 @@ def assert_same_events(got: list[dict[str, Any]], want: list[dict[str, Any]]) ->
                 assert abs(g[key] - w[key]) <= 1e-3 + (0.05 if key == "dbfs" else 0), (key, g, w)
             else:
                 assert g.get(key) is None
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (at the time of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def port_in_use() -> Iterator[int]:
+    """A loopback port that another socket listens on, for as long as the context lasts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 class ServeProcess:

@@ -19,6 +19,7 @@ from serve_support import (
     assert_same_events,
     audiosocket_call,
     expected_lines,
+    free_port,
     mediastream_call,
     mulaw_roundtrip,
 )
@@ -26,12 +27,6 @@ from serve_support import (
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="needs HAProxy (apt-get install haproxy)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port: int, timeout: float = 10.0) -> None:
@@ -48,7 +43,7 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> None:
 @pytest.mark.parametrize("protocol", ["audiosocket", "mediastream"])
 def test_balanced_calls_come_back_complete(protocol: str, speech: np.ndarray) -> None:
     servers = [ServeProcess(protocols=(protocol,)) for _ in range(2)]
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "LB_BIND": f"127.0.0.1:{port}",

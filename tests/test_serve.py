@@ -18,8 +18,10 @@ from serve_support import (
     assert_same_events,
     audiosocket_call,
     expected_lines,
+    free_port,
     mediastream_call,
     mulaw_roundtrip,
+    port_in_use,
 )
 
 from anger_stream.serve import audiosocket, mediastream
@@ -219,10 +221,7 @@ def test_usage_errors(args: list[str], code: int, message: str) -> None:
 
 
 def test_port_in_use_exits_3() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with port_in_use() as port:
         r = subprocess.run([CLI, "serve", "--audiosocket", f"127.0.0.1:{port}"], capture_output=True, text=True)
     assert r.returncode == 3 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
 
@@ -311,25 +310,16 @@ def test_workers_refuse_a_port_in_use_by_workers() -> None:
         for args in (["--audiosocket", f"127.0.0.1:{port}"], ["--mediastream", f"127.0.0.1:{port}"]):
             r = subprocess.run([CLI, "serve", *args, "--workers", "2"], capture_output=True, text=True, timeout=60)
             assert r.returncode == 3 and "cannot listen" in r.stderr, r.stderr
-        both = ["--audiosocket", "127.0.0.1:0", "--mediastream", f"127.0.0.1:{_free_port()}"]
-        both[1] = both[3]  # the same free port for both protocols
+        same = f"127.0.0.1:{free_port()}"  # one free port for both protocols
+        both = ["--audiosocket", same, "--mediastream", same]
         r = subprocess.run([CLI, "serve", *both, "--workers", "2"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 3 and "cannot listen" in r.stderr, r.stderr
     finally:
         assert first.stop() == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_workers_report_listen_and_model_errors_once() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with port_in_use() as port:
         r = subprocess.run([CLI, "serve", "--audiosocket", f"127.0.0.1:{port}", "--workers", "2"],
                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 3 and r.stderr.count("cannot listen") == 1 and "Traceback" not in r.stderr
