@@ -87,8 +87,7 @@ class Hub:
     ) -> None:
         """Start a call whose audio comes as `encoding` bytes (a start status line); DuplicateCall if the id
         is being served."""
-        if call_id in self.calls:
-            raise DuplicateCall(f"call id {call_id!r} is already being served")
+        self.check_free(call_id)
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
         call = Call(call_id, sample_rate, encoding, on_events)
@@ -96,6 +95,11 @@ class Hub:
         self.calls[call_id] = call
         self._idle.clear()
         self.emit(to_json(Status("start", 0.0, {"sample_rate": sample_rate, **info}), call=call_id))
+
+    def check_free(self, call_id: str) -> None:
+        """DuplicateCall if a call with this id is being served."""
+        if call_id in self.calls:
+            raise DuplicateCall(f"call id {call_id!r} is already being served")
 
     def push(self, call_id: str, data: bytes) -> None:
         """Buffer whole samples of a call's audio, as received; wakes the ticker once a window is complete.

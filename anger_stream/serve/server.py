@@ -72,11 +72,16 @@ class Server:
 
     def name(self, conn: Connection, call_id: str) -> None:
         """The protocol named the connection's call; an id already being served is refused at once."""
-        if call_id in self.hub.calls:
-            conn.call_id = f"{call_id}@{conn.peer}"  # the other connection owns that id
-            self.fail(conn, f"call id {call_id!r} is already being served")
-        else:
-            conn.call_id = call_id
+        try:
+            self.hub.check_free(call_id)
+        except DuplicateCall as exc:
+            self._refuse(conn, call_id, exc)
+            return
+        conn.call_id = call_id
+
+    def _refuse(self, conn: Connection, call_id: str, exc: DuplicateCall) -> None:
+        conn.call_id = f"{call_id}@{conn.peer}"  # the other connection owns that id
+        self.fail(conn, str(exc))
 
     def open(
         self,
@@ -92,8 +97,7 @@ class Server:
         try:
             self.hub.open(conn.call_id, sample_rate, info, on_events, encoding)
         except DuplicateCall as exc:
-            conn.call_id = f"{conn.call_id}@{conn.peer}"  # the other connection owns that id
-            self.fail(conn, str(exc))
+            self._refuse(conn, conn.call_id, exc)
             return
         conn.opened = True
 
@@ -208,6 +212,10 @@ def _log_unexpected(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 class ListenError(Exception):
     """An address to listen on is taken, invalid or not allowed."""
 
+    @classmethod
+    def of(cls, spec: Listen, exc: OSError) -> ListenError:
+        return cls(f"cannot listen on {spec.host}:{spec.port} ({spec.protocol}): {exc.strerror or exc}")
+
 
 async def _listen(server: Server, spec: Listen) -> asyncio.Server:
     if spec.protocol == "audiosocket":
@@ -235,9 +243,7 @@ async def serve(
         try:
             listeners.append(await _listen(server, spec))
         except OSError as exc:
-            raise ListenError(
-                f"cannot listen on {spec.host}:{spec.port} ({spec.protocol}): {exc.strerror or exc}"
-            ) from None
+            raise ListenError.of(spec, exc) from None
         host, port = listeners[-1].sockets[0].getsockname()[:2]
         which = {} if worker is None else {"worker": worker}
         log(f"{spec.protocol} listening on {host}:{port}" + (f" (worker {worker})" if which else ""))

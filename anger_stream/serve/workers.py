@@ -50,9 +50,7 @@ def bind(listen: list[Listen], workers: int) -> list[list[Listen]]:
                 sock.listen(BACKLOG)
                 copies.append(replace(spec, port=address[1], sock=sock))
         except OSError as exc:
-            raise ListenError(
-                f"cannot listen on {spec.host}:{spec.port} ({spec.protocol}): {exc.strerror or exc}"
-            ) from None
+            raise ListenError.of(spec, exc) from None
     return per_worker
 
 
