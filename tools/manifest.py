@@ -6,7 +6,11 @@ paths in it are relative to that folder. Splits are by speaker, never by file:
 - RAVDESS: actors 01-16 train, 17-20 validation, 21-24 test (each block half men, half women).
 - ASED: speaker number divisible by 5 -> test (13 speakers), number = 2 mod 5 -> validation (13),
   the other 39 -> train.
-- EmoDB (and any other corpus): test only; it is a cross-language development set, never trained on.
+- nEMO: KD0 (f) and TP0 (m) test, EB0 (f) and KS0 (m) validation, the other five train.
+- EmoDB (and any other corpus, a user's own included): test only, whatever its speaker ids look like; EmoDB
+  is a cross-language development set, never trained on.
+
+Speaker ids are strings everywhere; only RAVDESS and ASED, which number their speakers, are split by number.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+NEMO_SPLIT = {"KD0": "test", "TP0": "test", "EB0": "val", "KS0": "val"}
 
 
 @dataclass(frozen=True)
@@ -33,11 +38,14 @@ class Clip:
 
 def speaker_split(corpus: str, speaker: str) -> str:
     """Which split a speaker of a corpus belongs to."""
-    n = int(speaker)
     if corpus == "ravdess":
+        n = int(speaker)
         return "train" if n <= 16 else "val" if n <= 20 else "test"
     if corpus == "ased":
+        n = int(speaker)
         return "test" if n % 5 == 0 else "val" if n % 5 == 2 else "train"
+    if corpus == "nemo":
+        return NEMO_SPLIT.get(speaker, "train")
     return "test"
 
 
