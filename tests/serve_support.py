@@ -59,6 +59,20 @@ def assert_same_events(got: list[dict[str, Any]], want: list[dict[str, Any]]) ->
                 assert g.get(key) is None
 
 
+def self_signed_certificate(folder: Path, name: str = "localhost") -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for `name` (also valid for 127.0.0.1) and its key, made with the
+    openssl command-line tool; (cert.pem, key.pem)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+         "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on (at the time of asking)."""
     with socket.socket() as s:
