@@ -6,6 +6,7 @@ import json
 import queue
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -162,18 +163,26 @@ def audiosocket_call(
 
 
 def mediastream_call(
-    port: int, samples: np.ndarray, call: str | None = None, frame: int = 160, together: threading.Barrier | None = None
+    port: int,
+    samples: np.ndarray,
+    call: str | None = None,
+    frame: int = 160,
+    together: threading.Barrier | None = None,
+    tls: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> str:
     """A whole Media Streams call (mu-law 8 kHz), as fast as the socket takes it; returns the call id.
 
     `together`: once the WebSocket is open, wait for the other calls of the barrier before sending.
+    `tls`: connect with wss:// and this client context; `headers`: extra headers of the upgrade request.
     """
     from websockets.sync.client import connect
 
     call = call or f"CA{uuid.uuid4().hex}"
     sid = f"MZ{uuid.uuid4().hex}"
     payload = mulaw_encode(samples.astype(np.float32) / 32768.0)
-    with connect(f"ws://127.0.0.1:{port}/media") as ws:
+    url = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/media"
+    with connect(url, ssl=tls, additional_headers=headers) as ws:
         if together is not None:
             together.wait(30)
         ws.send(mediastream.connected_message())

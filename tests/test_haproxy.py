@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from serve_support import (
     free_port,
     mediastream_call,
     mulaw_roundtrip,
+    self_signed_certificate,
 )
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -40,8 +43,9 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise AssertionError(f"nothing listening on {port}")
 
 
-@pytest.mark.parametrize("protocol", ["audiosocket", "mediastream"])
-def test_balanced_calls_come_back_complete(protocol: str, speech: np.ndarray) -> None:
+@pytest.mark.parametrize("config", ["audiosocket", "mediastream", "mediastream-tls"])
+def test_balanced_calls_come_back_complete(config: str, speech: np.ndarray, tmp_path: Path) -> None:
+    protocol = config.split("-")[0]
     servers = [ServeProcess(protocols=(protocol,)) for _ in range(2)]
     port = free_port()
     env = {
@@ -49,14 +53,19 @@ def test_balanced_calls_come_back_complete(protocol: str, speech: np.ndarray) ->
         "LB_BIND": f"127.0.0.1:{port}",
         **{f"ANGER{i + 1}": f"127.0.0.1:{s.ports[protocol]}" for i, s in enumerate(servers)},
     }
-    cfg = DEPLOY / f"haproxy-{protocol}.cfg"
+    caller = audiosocket_call if protocol == "audiosocket" else mediastream_call
+    if config.endswith("-tls"):  # wss:// to HAProxy, which holds a throwaway self-signed certificate
+        cert, key = self_signed_certificate(tmp_path)
+        (tmp_path / "lb.pem").write_bytes(cert.read_bytes() + key.read_bytes())
+        env["LB_CERT"] = str(tmp_path / "lb.pem")
+        caller = partial(mediastream_call, tls=ssl.create_default_context(cafile=cert))
+    cfg = DEPLOY / f"haproxy-{config}.cfg"
     lb = subprocess.Popen([HAPROXY, "-f", str(cfg), "-db"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_port(port)
         time.sleep(0.3)  # the first health checks
         rng = np.random.default_rng(2)
         clips = [speech[: rng.integers(12000, len(speech))] for _ in range(6)]
-        caller = audiosocket_call if protocol == "audiosocket" else mediastream_call
         together = threading.Barrier(len(clips))  # all connected at once: leastconn must use both servers
         with ThreadPoolExecutor(len(clips)) as pool:
             calls = list(pool.map(lambda clip: caller(port, clip, frame=800, together=together), clips))
