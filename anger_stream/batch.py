@@ -304,7 +304,7 @@ def batch(
     Exit codes: 0 all scored; 3 some failed (see their "error") or none found; 2 usage or scheduler unreachable;
     5 model error; 130 interrupted (rerun with --resume).
     """
-    from .cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail
+    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail
 
     def warn(message: str) -> None:
         print(f"anger-stream: warning: {message}", file=sys.stderr)

@@ -1,73 +1,58 @@
-"""The `anger-stream` command: wires a source (microphone, file, stdin), the detector core and the sinks.
+"""The `anger-stream` command: wires a source (microphone, file, stdin), the detector core and the sinks,
+and the subcommands, which live in their own modules.
 
-stdout carries JSON lines only; everything for people (the meter, errors) goes to stderr.
-Exit codes: 0 normal end (EOF, Ctrl-C, SIGTERM, stdout closed), 1 internal error, 2 usage error,
-3 input error (file, stdin), 4 audio device error, 5 model error.
+stdout carries JSON lines only; everything for people (the meter, errors) goes to stderr. Exit codes: stdio.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 
 from . import audio
+from .batch import batch
 from .detector import AngerDetector
 from .events import AngerStart, Event, Status, Window, to_json
 from .model import ModelError
+from .report import report
+from .serve.command import serve
 from .sources import DeviceError, InputError
-
-EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_DEVICE, EXIT_MODEL = 1, 2, 3, 4, 5
+from .stdio import (
+    EXIT_DEVICE,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_MODEL,
+    EXIT_OUTPUT,
+    OutputError,
+    StdoutClosed,
+    emit_line,
+    fail,
+    mute_native_stderr,
+)
 
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     help="Real-time anger detection in speech: JSON lines on stdout, a live meter on stderr.",
 )
+for command in (batch, report, serve):
+    app.command()(command)
 
 
 class Stop(Exception):
     """SIGTERM: end the stream cleanly, as Ctrl-C does."""
 
 
-class StdoutClosed(Exception):
-    """The reader of stdout went away (e.g. `| head -n 1`)."""
-
-
-def fail(message: str, code: int) -> NoReturn:
-    """One clear line on stderr and a distinct exit code."""
-    print(f"anger-stream: error: {message}", file=sys.stderr)
-    raise typer.Exit(code)
-
-
-def emit_line(line: str) -> None:
-    """Write one JSON line to stdout and flush it at once."""
-    try:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # keep Python's exit-time flush of stdout from failing again on the dead pipe
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise StdoutClosed from None
-
-
 def _on_sigterm(signum: int, frame: object) -> None:
     raise Stop
-
-
-def mute_native_stderr() -> None:
-    """Send what C libraries (PortAudio, ALSA) print to fd 2 to /dev/null; Python's stderr keeps the terminal."""
-    sys.stderr.flush()
-    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 
 
 def paced(chunks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
@@ -254,17 +239,9 @@ def main() -> None:
         app()
     except (StdoutClosed, KeyboardInterrupt):
         sys.exit(0)
+    except OutputError as exc:
+        print(f"anger-stream: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_OUTPUT)
     except Exception as exc:  # the last line of defence: never a traceback for the user
         print(f"anger-stream: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)
-
-
-# Subcommands live in their own modules (heavy imports inside their bodies) and are registered here.
-from .batch import batch  # noqa: E402
-from .report import report  # noqa: E402
-
-app.command()(batch)
-app.command()(report)
-from .serve.command import serve  # noqa: E402
-
-app.command()(serve)

@@ -122,10 +122,10 @@ def report(
     model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
 ) -> None:
     """Draw one recording's timeline (level, p(anger), threshold, anger segments) as a PNG."""
-    from .cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail
     from .model import ModelError
     from .sources import InputError
     from .sources.file import read_file
+    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail
 
     try:
         if source.suffix == ".jsonl":

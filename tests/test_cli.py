@@ -15,7 +15,7 @@ from conftest import CLI, read_mono, run_cli
 
 from anger_stream import AngerDetector
 
-EXIT_INPUT, EXIT_MODEL = 3, 5
+EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT = 3, 5, 6
 
 
 def lines(result: subprocess.CompletedProcess) -> list[dict]:
@@ -190,6 +190,14 @@ def test_closed_stdout_exits_quietly(speech_wav: Path) -> None:
         timeout=60,
     )
     assert pipe.returncode == 0 and pipe.stderr == b"", pipe.stderr.decode()
+
+
+@pytest.mark.parametrize("redirect", ["> /dev/full", ">&-"], ids=["disk-full", "closed"])
+def test_unwritable_stdout_is_one_line_and_exit_6(speech_wav: Path, redirect: str) -> None:
+    result = subprocess.run(f"'{CLI}' --input '{speech_wav}' {redirect}", shell=True, capture_output=True, timeout=60)
+    err = result.stderr.decode()
+    assert result.returncode == EXIT_OUTPUT, err
+    assert err.count("\n") == 1 and err.startswith("anger-stream: error: cannot write to stdout"), err
 
 
 def test_sigterm_closes_the_stream_cleanly(speech_wav: Path) -> None:

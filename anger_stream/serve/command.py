@@ -1,4 +1,4 @@
-"""`anger-stream serve`: the telephony servers as a CLI subcommand (registered in anger_stream/cli.py)."""
+"""`anger-stream serve`: the telephony servers as a CLI subcommand (wired in anger_stream/cli.py)."""
 
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ def serve(
     """
     import asyncio
 
-    from ..cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, StdoutClosed, emit_line, fail
     from ..detector import DetectorConfig
     from ..model import AngerModel, ModelError
+    from ..stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, StdoutClosed, emit_line, fail
     from ..streams import StreamSet
     from .hub import Hub, warm_up
     from .server import Listen, ListenError
