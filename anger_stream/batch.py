@@ -16,16 +16,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
-from .detector import AngerDetector
+from .audio import mixdown
+from .detector import AngerDetector, DetectorConfig
 from .events import AngerEnd, AngerStart, Event, Window
 from .model import AngerModel, ModelError
 from .sources import InputError
+from .sources.file import Recording, read_recording, require_regular
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -39,6 +42,8 @@ CHUNK_BYTES = 2 << 20
 CHUNK_FILES = 16
 EXIT_INTERRUPTED = 130
 DEFAULT_WORKERS = 2
+DEFAULT_TIMEOUT = 600.0
+"""Seconds a worker may spend on one file (reading and scoring) before it is given up."""
 
 WORKER_CONFIG = {
     # Dask sets MALLOC_TRIM_THRESHOLD_ in its worker processes, which stops glibc from adapting its mmap
@@ -72,44 +77,82 @@ def summarise(events: list[Event], threshold: float) -> dict[str, Any]:
     }
 
 
-def record(path: str, samples: np.ndarray, rate: int, detector: AngerDetector) -> dict[str, Any]:
+def record(path: str, recording: Recording, detector: AngerDetector) -> dict[str, Any]:
     """The results line of a recording: where, how long, its window scores and their summary."""
+    samples = mixdown(recording.samples)
     return {
         "path": path,
-        "duration": round(len(samples) / rate, 3),
-        "sample_rate": rate,
+        "duration": round(recording.duration, 3),
+        "sample_rate": recording.rate,
         "threshold": detector.config.threshold,
-        **summarise(detector.analyse(samples, rate), detector.config.threshold),
+        **summarise(detector.analyse(samples, recording.rate), detector.config.threshold),
         "error": None,
+        "warning": recording.warning,
     }
 
 
 def error_record(path: str, threshold: float, message: str) -> dict[str, Any]:
     """The line of a recording that could not be scored: the same keys, null data, a one-line error."""
     empty = dict.fromkeys(("windows", "p_max", "angry_share", "segments"))
-    return {"path": path, "duration": None, "sample_rate": None, "threshold": threshold, **empty, "error": message}
+    return {
+        "path": path,
+        "duration": None,
+        "sample_rate": None,
+        "threshold": threshold,
+        **empty,
+        "error": message,
+        "warning": None,
+    }
 
 
-def score_file(path: str, model: str | None, threshold: float) -> dict[str, Any]:
+def _score(path: str, detector: AngerDetector, cancelled: Callable[[], bool]) -> dict[str, Any]:
+    try:
+        require_regular(path)
+        recording = read_recording(path, cancelled)
+    except InputError as exc:
+        return error_record(path, detector.config.threshold, str(exc))
+    return record(path, recording, detector)
+
+
+def score_file(
+    path: str, model: str | None, config: DetectorConfig, timeout: float = DEFAULT_TIMEOUT
+) -> dict[str, Any]:
     """Read, score and summarise one file (on a worker); an unusable file gives an error record.
 
-    ModelError propagates: a model the workers cannot load stops the job.
+    Only regular files are opened (a FIFO or device would block). The work runs in a thread of its own:
+    after `timeout` seconds the file gets an error record and is given up (its reading stops at the next
+    block; a read blocked in the system stays blocked, in that thread only). ModelError propagates: a model
+    the workers cannot load stops the job.
     """
-    from .sources.file import read_file
-
     if model not in _MODELS:
         _MODELS[model] = AngerModel(model, threads=1)
-    detector = AngerDetector(_MODELS[model], threshold)
-    try:
-        samples, rate = read_file(path)
-    except InputError as exc:
-        return error_record(path, threshold, str(exc))
-    return record(path, samples, rate, detector)
+    detector = AngerDetector(_MODELS[model], **asdict(config))
+    done: list[dict[str, Any]] = []
+    failed: list[BaseException] = []
+    cancel = threading.Event()
+
+    def work() -> None:
+        try:
+            done.append(_score(path, detector, cancel.is_set))
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=work, name="anger-batch-file", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        cancel.set()
+        return error_record(path, config.threshold, f"timed out after {timeout:g} s (see --timeout): {path}")
+    if failed:
+        raise failed[0]
+    return done[0]
 
 
-def score_files(paths: list[str], model: str | None, threshold: float) -> list[dict[str, Any]]:
+def score_files(
+    paths: list[str], model: str | None, config: DetectorConfig, timeout: float = DEFAULT_TIMEOUT
+) -> list[dict[str, Any]]:
     """The worker task: the lines of a chunk of files, in order."""
-    return [score_file(path, model, threshold) for path in paths]
+    return [score_file(path, model, config, timeout) for path in paths]
 
 
 # --- the archive --------------------------------------------------------------------------------------
@@ -126,18 +169,20 @@ def _walk(folder: Path) -> Iterator[Path]:
 def find_recordings(patterns: list[str], warn: Callable[[str], None]) -> list[str]:
     """Absolute paths of the recordings named by files, folders (recursive) and glob patterns, in order.
 
-    A literal path that does not exist is kept (it gets an error line); a pattern or folder that matches
+    A file reached twice (named twice, or through a symlink) is listed once, by the first path that reached
+    it. A literal path that does not exist is kept (it gets an error line); a pattern or folder that matches
     nothing is reported through `warn`.
     """
-    found: dict[str, None] = {}
+    found: dict[str, str] = {}  # real path -> the path that reached it first
     for pattern in patterns:
         is_glob = glob.has_magic(pattern)
         matches = sorted(glob.glob(pattern, recursive=True)) if is_glob else [pattern]
         paths = [q for m in matches for q in (_walk(Path(m)) if Path(m).is_dir() else [Path(m)])]
         if not paths and (is_glob or Path(pattern).is_dir()):
             warn(f"no audio files match {pattern}")
-        found.update(dict.fromkeys(os.path.abspath(p) for p in paths))
-    return list(found)
+        for p in paths:
+            found.setdefault(os.path.realpath(p), os.path.abspath(p))
+    return list(found.values())
 
 
 def chunks(paths: list[str]) -> Iterator[list[str]]:
@@ -213,9 +258,10 @@ def run(
     client: Client,
     paths: list[str],
     model: str | None,
-    threshold: float,
+    config: DetectorConfig,
     write: Callable[[dict[str, Any]], None],
     stopped: Callable[[], bool] = lambda: False,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> None:
     """Score `paths` on the cluster, calling `write` with each record as it completes (in completion order),
     until done or `stopped()`. A bounded number of tasks is in flight, whatever the size of the archive."""
@@ -228,7 +274,7 @@ def run(
 
     def submit(chunk: list[str] | None) -> None:
         if chunk:
-            future = client.submit(score_files, chunk, model, threshold, pure=False)
+            future = client.submit(score_files, chunk, model, config, timeout, pure=False)
             pending[future] = chunk
             queue.add(future)
 
@@ -245,7 +291,7 @@ def run(
                 for path in chunk:
                     submit([path])
                 continue
-            lines = [error_record(chunk[0], threshold, f"{type(exc).__name__}: {exc}".splitlines()[0])]
+            lines = [error_record(chunk[0], config.threshold, f"{type(exc).__name__}: {exc}".splitlines()[0])]
         future.release()
         for line in lines:
             write(line)
@@ -298,16 +344,16 @@ def batch(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry.")] = 0.6,
     model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds a worker may spend on one file before it gets an error line.")
+    ] = DEFAULT_TIMEOUT,
 ) -> None:
     """Score an archive of recordings on a Dask cluster: one JSON line per recording in --out.
 
     Exit codes: 0 all scored; 3 some failed (see their "error") or none found; 2 usage or scheduler unreachable;
     5 model error; 130 interrupted (rerun with --resume).
     """
-    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail
-
-    def warn(message: str) -> None:
-        print(f"anger-stream: warning: {message}", file=sys.stderr)
+    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail, warn
 
     if scheduler is not None and workers is not None:
         fail("--workers sizes the local cluster; a --scheduler cluster has its own `dask worker`s", EXIT_USAGE)
@@ -326,7 +372,8 @@ def batch(
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
 
-    failed, stop = 0, threading.Event()
+    config = DetectorConfig(threshold=threshold)
+    failed, warned, stop = 0, 0, threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         """Ctrl-C or SIGTERM: stop after the task at hand (a second one stops at once)."""
@@ -344,19 +391,22 @@ def batch(
         ):
 
             def write(line: dict[str, Any]) -> None:
-                nonlocal failed
+                nonlocal failed, warned
                 failed += line["error"] is not None
+                warned += line["warning"] is not None
                 sink.write(json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
                 sink.flush()
                 advance(line)
 
-            run(client, todo, model_path, threshold, write, stop.is_set)
+            run(client, todo, model_path, config, write, stop.is_set, timeout)
     except KeyboardInterrupt:
         stop.set()
     except ModelError as exc:
         fail(f"on a worker: {exc}", EXIT_MODEL)
     except OSError as exc:  # scheduler unreachable, no workers joined, output not writable
         fail(f"{exc}".splitlines()[0] or type(exc).__name__, EXIT_USAGE)
+    if warned:
+        warn(f'{warned} of {len(todo)} recordings were scored with a warning (see their "warning" in {out})')
     if stop.is_set():
         fail(f"interrupted: the finished recordings are in {out}; rerun with --resume", EXIT_INTERRUPTED)
     if failed:

@@ -124,7 +124,7 @@ def report(
     """Draw one recording's timeline (level, p(anger), threshold, anger segments) as a PNG."""
     from .model import ModelError
     from .sources import InputError
-    from .sources.file import read_file
+    from .sources.file import read_recording
     from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail
 
     try:
@@ -134,15 +134,15 @@ def report(
             record = find_record(source, path)
             if record["error"] is not None:
                 fail(f"{record['path']} was not scored: {record['error']}", EXIT_INPUT)
-            samples, rate = read_file(record["path"])
+            recording = read_recording(record["path"])
             threshold = record["threshold"]
         else:
             if path is not None:
                 fail("--path is for batch results (.jsonl)", EXIT_USAGE)
             threshold = 0.6 if threshold is None else threshold
-            samples, rate = read_file(source)
-            record = make_record(str(source), samples, rate, AngerDetector(model, threshold))
-        draw(record, samples, rate, threshold, out)
+            recording = read_recording(source)
+            record = make_record(str(source), recording, AngerDetector(model, threshold))
+        draw(record, audio.mixdown(recording.samples), recording.rate, threshold, out)
     except (InputError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0], EXIT_INPUT)
     except ModelError as exc:

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from anger_stream.batch import CHUNK_BYTES, CHUNK_FILES, chunks, find_recordings, summarise
-from anger_stream.detector import AngerDetector
+from anger_stream.detector import AngerDetector, DetectorConfig
 from anger_stream.events import AngerEnd, AngerStart
 from anger_stream.sources.file import read_file
 
@@ -132,8 +132,8 @@ def test_ctrl_c_keeps_the_finished_lines(clips: Path, model: Path, tmp_path: Pat
     """SIGINT to the whole process group (as a terminal sends it): exit 130, whole lines, no tracebacks."""
     archive = tmp_path / "archive"
     archive.mkdir()
-    for i in range(160):
-        (archive / f"call{i:03d}.wav").symlink_to(clips / "speech16k.wav")
+    for i in range(160):  # hard links: distinct paths (symlinks to one file would be scored once)
+        os.link(clips / "speech16k.wav", archive / f"call{i:03d}.wav")
     out = tmp_path / "results.jsonl"
     proc = subprocess.Popen(
         [str(BIN / "anger-stream"), "batch", str(archive), "--out", str(out), "--model", str(model)],
@@ -253,7 +253,7 @@ def test_a_task_that_fails_is_retried_file_by_file(monkeypatch: pytest.MonkeyPat
 
     from anger_stream import batch
 
-    def fake_score_file(path: str, model: str | None, threshold: float) -> dict:
+    def fake_score_file(path: str, model: str | None, config: DetectorConfig, timeout: float) -> dict:
         if path == "bad.wav":
             raise RuntimeError("worker died\ntraceback...")
         return {"path": path, "error": None}
@@ -261,7 +261,7 @@ def test_a_task_that_fails_is_retried_file_by_file(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(batch, "score_file", fake_score_file)
     lines: list[dict] = []
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
-        batch.run(client, ["a.wav", "bad.wav", "c.wav"], None, 0.6, lines.append)
+        batch.run(client, ["a.wav", "bad.wav", "c.wav"], None, DetectorConfig(), lines.append)
     by_path = {line["path"]: line for line in lines}
     assert sorted(by_path) == ["a.wav", "bad.wav", "c.wav"] and len(lines) == 3
     assert by_path["bad.wav"]["error"] == "RuntimeError: worker died" and by_path["a.wav"]["error"] is None
@@ -293,7 +293,55 @@ def test_real_clips_equal_single_file_score(model: Path) -> None:
         pytest.skip(f"needs the project's shared data ({folder}; set ANGER_SHARED)")
     detector = AngerDetector(model)
     for path in sorted(folder.glob("angry/*.flac"))[:3]:
-        line = score_file(str(path), str(model), 0.6)
+        line = score_file(str(path), str(model), DetectorConfig())
         expected = detector.score(*read_file(path))
         got = np.array([np.nan if p is None else p for p in line["windows"]])
         np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True)
+
+
+def test_fifo_device_symlink_and_truncated_file(clips: Path, model: Path, tmp_path: Path) -> None:
+    """A FIFO and a device get error lines (no hang), a symlink to a listed file is scored once, a WAV cut
+    short is scored with a warning saying what is missing, and the good file's line is written."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(clips / "speech16k.wav", archive / "good.wav")
+    (archive / "link.wav").symlink_to(archive / "good.wav")
+    os.mkfifo(archive / "fifo.wav")
+    data = (clips / "speech16k.wav").read_bytes()
+    (archive / "cut.wav").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "r.jsonl"
+    proc = run_cli("batch", str(archive), "/dev/null", "--out", str(out), "--workers", "1", "--model", str(model))
+    assert proc.returncode == 3, proc.stderr
+    assert_clean_stderr(proc.stderr)
+    assert "2 of 4 recordings could not be scored" in proc.stderr
+    assert "1 of 4 recordings were scored with a warning" in proc.stderr
+    lines = read_lines(out)
+    assert set(lines) == {"good.wav", "fifo.wav", "cut.wav", "null"}
+    assert lines["good.wav"]["error"] is None and lines["good.wav"]["warning"] is None
+    assert lines["fifo.wav"]["error"].startswith("not a regular file (a FIFO): ")
+    assert lines["null"]["error"] == "not a regular file (a character device): /dev/null"
+    cut, good = lines["cut.wav"], lines["good.wav"]
+    assert cut["error"] is None and cut["duration"] == pytest.approx(good["duration"] / 2, abs=0.01)
+    assert cut["warning"] == f"truncated: {cut['duration']:.3f} s of the {good['duration']:.3f} s its header declares"
+    n = len(cut["windows"]) - 2  # the windows wholly inside what is left are the good file's
+    assert n > 0 and cut["windows"][:n] == good["windows"][:n]
+
+
+def test_a_file_past_the_timeout_gets_an_error_line_and_the_job_goes_on(
+    clips: Path, model: Path, tmp_path: Path
+) -> None:
+    """An hour of 8 kHz mu-law audio cannot be read and scored in 2 s; the short file after it still is."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    second = (0.1 * np.random.default_rng(2).standard_normal(8000)).astype(np.float32)
+    with sf.SoundFile(str(archive / "a_long.wav"), "w", 8000, 1, subtype="ULAW") as f:
+        for _ in range(3600):
+            f.write(second)
+    shutil.copy(clips / "speech16k.wav", archive / "b_short.wav")
+    out = tmp_path / "r.jsonl"
+    args = ["--out", str(out), "--workers", "1", "--model", str(model), "--timeout", "2"]
+    proc = run_cli("batch", str(archive), *args)
+    assert proc.returncode == 3, proc.stderr
+    lines = read_lines(out)
+    assert lines["a_long.wav"]["error"] == f"timed out after 2 s (see --timeout): {archive / 'a_long.wav'}"
+    assert lines["b_short.wav"]["error"] is None and len(lines["b_short.wav"]["windows"]) >= 5

@@ -13,6 +13,7 @@ import pytest
 from matplotlib.image import imread
 
 from anger_stream.batch import score_file
+from anger_stream.detector import DetectorConfig
 from anger_stream.report import SIZE_PX, summary_line
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -50,9 +51,9 @@ def test_recording_renders_png(call: Path, model: Path, tmp_path: Path) -> None:
 
 def test_batch_line_renders_png(call: Path, model: Path, tmp_path: Path) -> None:
     results = tmp_path / "results.jsonl"
-    line = score_file(str(call), str(model), 0.6)
+    line = score_file(str(call), str(model), DetectorConfig())
     results.write_text(
-        json.dumps(score_file(str(call.with_name("raw.wav")), str(model), 0.6)) + "\n" + json.dumps(line)
+        json.dumps(score_file(str(call.with_name("raw.wav")), str(model), DetectorConfig())) + "\n" + json.dumps(line)
     )
     out = tmp_path / "from_batch.png"
     proc = run_cli("report", str(results), "--path", "call.wav", "-o", str(out))
@@ -67,7 +68,7 @@ def test_bad_input_is_one_line(call: Path, tmp_path: Path) -> None:
     proc = run_cli("report", str(corrupt), "-o", str(tmp_path / "x.png"))
     assert proc.returncode == 3 and proc.stderr.count("\n") == 1 and "cannot decode" in proc.stderr
     results = tmp_path / "results.jsonl"
-    results.write_text(json.dumps(score_file(str(corrupt), None, 0.6)) + "\n")
+    results.write_text(json.dumps(score_file(str(corrupt), None, DetectorConfig())) + "\n")
     proc = run_cli("report", str(results), "--path", str(corrupt), "-o", str(tmp_path / "x.png"))
     assert proc.returncode == 3 and "was not scored" in proc.stderr
     proc = run_cli("report", str(results), "-o", str(tmp_path / "x.png"))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,37 @@ from ..audio import mixdown
 from .errors import InputError
 
 BLOCK = 4096
+_PLACEHOLDER_SIZES = 0x7FFF0000
+"""A WAV data size at or above this (or 0) is a streaming writer's placeholder, not a claim of length."""
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A whole file: float32 samples (frames, channels), its rate, and what was wrong with it but usable."""
+
+    samples: np.ndarray
+    rate: int
+    warning: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.rate
+
+
+def require_regular(path: str | Path) -> None:
+    """Raise InputError unless `path` is a regular file (a FIFO or device would block or never end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"is a directory, not an audio file: {path}")
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "a socket" if stat.S_ISSOCK(mode) else "special")
+        raise InputError(f"not a regular file ({kind}): {path}")
 
 
 def open_file(path: str | Path) -> sf.SoundFile:
@@ -31,18 +66,67 @@ def open_file(path: str | Path) -> sf.SoundFile:
     return f
 
 
-def read_blocks(f: sf.SoundFile, block: int = BLOCK) -> Iterator[np.ndarray]:
-    """Mono float32 blocks of an open file, decoded as they are needed."""
+def read_frames(f: sf.SoundFile, block: int = BLOCK) -> Iterator[np.ndarray]:
+    """Float32 blocks (frames, channels) of an open file, decoded as they are needed."""
     try:
-        for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):
-            yield mixdown(chunk)
+        yield from f.blocks(blocksize=block, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise InputError(f"cannot decode {f.name}: {str(exc).splitlines()[0]}") from None
 
 
-def read_file(path: str | Path) -> tuple[np.ndarray, int]:
-    """A whole file as mono float32 samples and its sample rate."""
+def read_blocks(f: sf.SoundFile, block: int = BLOCK) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of an open file (channels averaged), decoded as they are needed."""
+    for chunk in read_frames(f, block):
+        yield mixdown(chunk)
+
+
+def _declared_frames(f: sf.SoundFile) -> int:
+    """Frames the file's header declares: libsndfile trims a WAV's data size to the bytes present and says
+    so in its log ("data : 128000 (should be 63978)"); other formats' frame counts are the header's."""
+    match = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", f.extra_info, re.MULTILINE)
+    if match:
+        declared, present = int(match[1]), int(match[2])
+        if 0 < present < declared < _PLACEHOLDER_SIZES:
+            return round(f.frames * declared / present)
+    return f.frames
+
+
+def _truncation(f: sf.SoundFile, frames: int, reason: str | None) -> str | None:
+    """What is missing from a file of which `frames` could be decoded (None if nothing)."""
+    declared = _declared_frames(f)
+    if frames < declared:
+        why = f" ({reason})" if reason else ""
+        got, total = frames / f.samplerate, declared / f.samplerate
+        return f"truncated: {got:.3f} s of the {total:.3f} s its header declares{why}"
+    if reason:
+        return f"truncated: decoding stopped at {frames / f.samplerate:.3f} s ({reason})"
+    if "lacks an end-of-stream" in f.extra_info:
+        return "truncated: the stream ends without its end-of-stream mark"
+    return None
+
+
+def read_recording(path: str | Path, cancelled: Callable[[], bool] = lambda: False) -> Recording:
+    """A whole file, all its channels; a file cut short keeps the audio present and says what is missing.
+
+    `cancelled` is checked between blocks: when it returns True, reading stops with an InputError.
+    """
+    blocks: list[np.ndarray] = []
+    reason = None
     with open_file(path) as f:
-        rate = f.samplerate
-        blocks = list(read_blocks(f, 1 << 16))
-    return np.concatenate(blocks), rate
+        try:
+            for chunk in f.blocks(blocksize=1 << 14, dtype="float32", always_2d=True):
+                if cancelled():
+                    raise InputError(f"reading {path} was cancelled")
+                blocks.append(chunk)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0].removeprefix("Error : ")
+            if not blocks:
+                raise InputError(f"cannot decode {path}: {reason}") from None
+        samples = np.concatenate(blocks) if blocks else np.zeros((0, f.channels), np.float32)
+        return Recording(samples, f.samplerate, _truncation(f, len(samples), reason))
+
+
+def read_file(path: str | Path) -> tuple[np.ndarray, int]:
+    """A whole file as mono float32 samples (channels averaged) and its sample rate."""
+    recording = read_recording(path)
+    return mixdown(recording.samples), recording.rate
