@@ -11,7 +11,6 @@ import glob
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +39,6 @@ AUDIO_EXTENSIONS = frozenset(
 """What a folder walk picks up (files named explicitly or by a glob are taken whatever their name)."""
 CHUNK_BYTES = 2 << 20
 CHUNK_FILES = 16
-EXIT_INTERRUPTED = 130
 DEFAULT_WORKERS = 2
 DEFAULT_TIMEOUT = 600.0
 """Seconds a worker may spend on one file (reading and scoring) before it is given up."""
@@ -353,7 +351,7 @@ def batch(
     Exit codes: 0 all scored; 3 some failed (see their "error") or none found; 2 usage or scheduler unreachable;
     5 model error; 130 interrupted (rerun with --resume).
     """
-    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail, warn
+    from .stdio import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_USAGE, fail, warn
 
     if scheduler is not None and workers is not None:
         fail("--workers sizes the local cluster; a --scheduler cluster has its own `dask worker`s", EXIT_USAGE)
