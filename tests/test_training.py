@@ -12,9 +12,12 @@ import pytest
 import torch
 
 from anger_stream import audio
-from tools.data import WINDOW, BalancedBatches, Track, augment, crop_starts, fill_zeros
+from tools.data import WINDOW, BalancedBatches, Track, augment, augment_pair, crop_starts, fill_zeros
+from tools.fcn import AngerProbability, build, drop_extra_outputs, logit
 from tools.manifest import Clip
-from tools.train import main, thresholds
+from tools.teacher import CLASSES as TEACHER_CLASSES
+from tools.teacher import Teacher
+from tools.train import main, platt, thresholds
 from tools.window_cues import speech_share
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -136,3 +139,48 @@ def test_training_smoke(tmp_path: Path) -> None:
     assert set(metrics["final"]) == {"val", "test"}
     assert json.loads((out / "metrics.json").read_text())["best_step"] in (2, 4)
     assert (out / "best.pt").is_file() and (out / "history.csv").is_file()
+
+
+def test_channel_augmentation_keeps_length_dtype_and_is_seeded() -> None:
+    x = speech_like(np.random.default_rng(9), lead=0.0)
+    pool = speech_like(np.random.default_rng(10), seconds=6.0, lead=0.0)
+    runs = [[augment_pair(x, 4000, np.random.default_rng(s), True, 1.0, pool) for s in range(6)] for _ in range(2)]
+    for (heard, clean), (heard2, clean2) in zip(*runs, strict=True):
+        assert heard.shape == clean.shape == (WINDOW,) and heard.dtype == clean.dtype == np.float32
+        assert np.isfinite(heard).all() and np.array_equal(heard, heard2) and np.array_equal(clean, clean2)
+    assert not np.array_equal(runs[0][0][0], runs[0][1][0])  # another seed, another draw
+    assert any(not np.allclose(heard, clean, atol=0.01) for heard, clean in runs[0])  # the channel acts
+
+
+def test_extra_outputs_train_beside_the_classes_and_are_dropped_at_export() -> None:
+    torch.manual_seed(0)
+    model = build("S", extra=3).eval()
+    x = torch.randn(2, WINDOW)
+    assert model(x).shape[1] == 5
+    slim = drop_extra_outputs(model).eval()
+    assert slim.convs[-1].out_channels == 2
+    assert torch.allclose(slim(x), model(x)[:, :2], atol=1e-6)
+    assert torch.allclose(AngerProbability(slim)(x), AngerProbability(model)(x), atol=1e-6)
+
+
+def test_calibration_is_a_monotone_map_of_p() -> None:
+    torch.manual_seed(1)
+    model = build("S").eval()
+    x = torch.randn(8, WINDOW)
+    p, q = AngerProbability(model)(x), AngerProbability(model, [2.0, -0.5])(x)
+    assert torch.equal(torch.argsort(p), torch.argsort(q))
+    assert torch.allclose(q, torch.sigmoid(2.0 * logit(p) - 0.5), atol=1e-6)
+    y = np.r_[np.zeros(50), np.ones(50)]
+    scale, bias = platt(y, np.r_[np.full(50, 0.3), np.full(50, 0.6)].astype(np.float32))
+    assert scale > 0
+
+
+def test_teacher_gives_raised_voice_logits() -> None:
+    yamnet = SHARED / "pretrained" / "yamnet" / "yamnet.tflite"
+    if not yamnet.is_file():
+        pytest.skip(f"YAMNet not found under {SHARED} (set ANGER_SHARED)")
+    pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert (the train extra)")
+    x = audio.prepare_window(speech_like(np.random.default_rng(11), seconds=1.2, lead=0.0), WINDOW)
+    logits = Teacher(yamnet).logits(x)
+    assert logits.shape == (len(TEACHER_CLASSES),) and logits.dtype == np.float32 and np.isfinite(logits).all()
+    assert np.array_equal(logits, Teacher(yamnet).logits(x))

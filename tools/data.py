@@ -19,8 +19,10 @@ import soundfile as sf
 import torch
 
 from anger_stream import audio
+from tools import channels
 from tools.evaluate import gated_segments
 from tools.manifest import Clip, load_manifest
+from tools.teacher import Teacher
 
 SR = audio.SAMPLE_RATE
 WINDOW = round(audio.WINDOW_S * SR)
@@ -100,15 +102,37 @@ def fill_zeros(x: np.ndarray, rng: np.random.Generator, low_db: float = -70.0, h
     return out
 
 
-def augment(x: np.ndarray, start: int, rng: np.random.Generator, zero_noise: bool = False) -> np.ndarray:
-    """A WINDOW crop at `start`, time-stretched U[0.9, 1.1], pitch-shifted U[-5, 5] quarter-tones, plus
-    Gaussian noise with sigma U[0, 0.005 * peak].
+def augment(
+    x: np.ndarray,
+    start: int,
+    rng: np.random.Generator,
+    zero_noise: bool = False,
+    channel_p: float = 0.0,
+    babble_pool: np.ndarray | None = None,
+) -> np.ndarray:
+    """A WINDOW crop at `start`, time-stretched U[0.9, 1.1], pitch-shifted U[-5, 5] quarter-tones, with
+    probability `channel_p` passed through a random recording channel (`channels.random_channel`: tilt and
+    EQ, band limits and codecs, rooms, noise and babble from `babble_pool`), plus Gaussian noise with sigma
+    U[0, 0.005 * peak].
 
     Stretch and shift are one librosa phase-vocoder stretch followed by one soxr resampling (what
-    `librosa.effects.pitch_shift` does internally), on a slightly longer segment that is cut afterwards.
+    `librosa.effects.pitch_shift` does internally), on a slightly longer segment that is cut afterwards
+    (the channel too runs on the longer segment, so filters and rooms have no edge at the crop).
     With `zero_noise`, digital zeros of the segment (incl. padding past the clip) are first replaced by a
     noise floor (`fill_zeros`).
     """
+    return augment_pair(x, start, rng, zero_noise, channel_p, babble_pool)[0]
+
+
+def augment_pair(
+    x: np.ndarray,
+    start: int,
+    rng: np.random.Generator,
+    zero_noise: bool = False,
+    channel_p: float = 0.0,
+    babble_pool: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`augment`'s crop, and the same crop before the channel and the added noise (what a teacher hears)."""
     stretch = rng.uniform(0.9, 1.1)
     semitones = rng.uniform(-5, 5) / 2
     shift = 2.0 ** (-semitones / 12)
@@ -116,32 +140,53 @@ def augment(x: np.ndarray, start: int, rng: np.random.Generator, zero_noise: boo
     seg = crop(x, start - MARGIN, need)
     if zero_noise:
         seg = fill_zeros(seg, rng)
-    y = librosa.effects.time_stretch(seg, rate=stretch * shift)
-    y = librosa.resample(y, orig_sr=SR / shift, target_sr=SR, res_type="soxr_hq")
-    offset = max((len(y) - WINDOW) // 2, 0)
-    y = crop(y, offset)
+    clean = librosa.effects.time_stretch(seg, rate=stretch * shift)
+    clean = librosa.resample(clean, orig_sr=SR / shift, target_sr=SR, res_type="soxr_hq")
+    heard = channels.random_channel(clean, rng, babble_pool) if rng.random() < channel_p else clean
+    offset = max((len(clean) - WINDOW) // 2, 0)
+    clean, y = crop(clean, offset), crop(heard, offset)
     y += rng.normal(0.0, rng.uniform(0, 0.005 * np.abs(y).max()), WINDOW).astype(np.float32)
-    return y
+    return y, clean
 
 
-def example(track: Track, rng: np.random.Generator, train: bool, zero_noise: bool = False) -> np.ndarray:
-    """One prepared (normalised) training example from a random valid crop of the track."""
+def example(
+    track: Track,
+    rng: np.random.Generator,
+    train: bool,
+    zero_noise: bool = False,
+    channel_p: float = 0.0,
+    babble_pool: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One prepared (normalised) training example from a random valid crop of the track, and the same
+    crop prepared before its channel (equal without augmentation)."""
     start = int(rng.choice(track.starts))
-    x = augment(track.samples, start, rng, zero_noise) if train else crop(track.samples, start)
-    if zero_noise and not train:
+    if train:
+        x, clean = augment_pair(track.samples, start, rng, zero_noise, channel_p, babble_pool)
+        return audio.prepare_window(x, WINDOW), audio.prepare_window(clean, WINDOW)
+    x = crop(track.samples, start)
+    if zero_noise:
         x = fill_zeros(x, rng)
-    return audio.prepare_window(x, WINDOW)
+    x = audio.prepare_window(x, WINDOW)
+    return x, x
 
 
 class BalancedBatches(torch.utils.data.IterableDataset):
-    """Endless minibatches of `half` non-angry + `half` angry examples.
+    """Endless minibatches (x, label) of `half` non-angry + `half` angry examples; with a `teacher`,
+    (x, label, teacher logits of each example before its channel).
 
     Each angry/non-angry pair comes from one corpus drawn uniformly, so corpus identity (recording
     conditions, language) says nothing about the label; clips are drawn uniformly within corpus and class.
     """
 
     def __init__(
-        self, tracks: list[Track], seed: int, half: int = 5, augment: bool = True, zero_noise: bool = False
+        self,
+        tracks: list[Track],
+        seed: int,
+        half: int = 5,
+        augment: bool = True,
+        zero_noise: bool = False,
+        channel_p: float = 0.0,
+        teacher: Teacher | None = None,
     ) -> None:
         super().__init__()
         self.tracks = tracks
@@ -154,20 +199,38 @@ class BalancedBatches(torch.utils.data.IterableDataset):
         self.half = half
         self.augment = augment
         self.zero_noise = zero_noise
+        self.channel_p = channel_p
+        self.babble_pool = babble_pool(tracks, seed) if channel_p > 0 else None
+        self.teacher = teacher
 
     def indices(self, rng: np.random.Generator) -> np.ndarray:
         """Track indices of one batch: `half` non-angry, then their `half` angry partners."""
         pairs = [[rng.choice(ids) for ids in self.groups[rng.integers(len(self.groups))]] for _ in range(self.half)]
         return np.array(pairs).T.reshape(-1)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         while True:
             idx = self.indices(rng)
-            x = np.stack([example(self.tracks[i], rng, self.augment, self.zero_noise) for i in idx])
-            y = np.array([self.tracks[i].clip.anger for i in idx])
-            yield torch.from_numpy(x), torch.from_numpy(y)
+            pairs = [
+                example(self.tracks[i], rng, self.augment, self.zero_noise, self.channel_p, self.babble_pool)
+                for i in idx
+            ]
+            x = torch.from_numpy(np.stack([heard for heard, _ in pairs]))
+            y = torch.from_numpy(np.array([self.tracks[i].clip.anger for i in idx]))
+            if self.teacher is None:
+                yield x, y
+            else:
+                yield x, y, torch.from_numpy(np.stack([self.teacher.logits(clean) for _, clean in pairs]))
+
+
+def babble_pool(tracks: list[Track], seed: int, clips: int = 300) -> np.ndarray:
+    """Other people's speech for babble noise: the active parts of up to `clips` random training clips."""
+    rng = np.random.default_rng([seed, 7])
+    chosen = rng.choice(len(tracks), size=min(clips, len(tracks)), replace=False)
+    parts = [tracks[i].samples[tracks[i].starts[0] : tracks[i].starts[-1] + WINDOW] for i in chosen]
+    return np.concatenate([p / max(channels.active_rms(p), 1e-9) * 0.1 for p in parts]).astype(np.float32)
 
 
 def windows(x: np.ndarray) -> np.ndarray:

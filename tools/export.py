@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from anger_stream import audio
-from tools.fcn import FCN, VARIANTS, AngerProbability
+from tools.fcn import FCN, VARIANTS, AngerProbability, drop_extra_outputs, with_outputs
 
 VERSION = "0.1.0"
 OPSET = 18
@@ -29,9 +29,14 @@ OPSET = 18
 def load_checkpoint(path: str | Path) -> tuple[FCN, dict]:
     """The network of a tools.train checkpoint (eval mode) and the checkpoint's metrics."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = FCN(VARIANTS[ckpt["variant"]].blocks, dropout=ckpt["dropout"])
+    model = FCN(with_outputs(VARIANTS[ckpt["variant"]].blocks, 2 + ckpt.get("extra", 0)), dropout=ckpt["dropout"])
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt["metrics"]
+    return drop_extra_outputs(model).eval(), ckpt["metrics"]
+
+
+def calibration(metrics: dict) -> list[float] | None:
+    """The Platt scaling [scale, bias] a run fitted on its validation windows, if any."""
+    return metrics.get("calibration")
 
 
 def fold_batchnorm(model: FCN) -> FCN:
@@ -47,9 +52,9 @@ def fold_batchnorm(model: FCN) -> FCN:
     return model
 
 
-def export(model: FCN, out: str | Path, metadata: dict[str, str]) -> None:
+def export(model: FCN, out: str | Path, metadata: dict[str, str], calibration: list[float] | None = None) -> None:
     """Write the ONNX file with dynamic batch and time axes, check it, and attach metadata."""
-    wrapper = AngerProbability(fold_batchnorm(model.eval())).eval()
+    wrapper = AngerProbability(fold_batchnorm(model.eval()), calibration).eval()
     example = torch.zeros(2, round(audio.WINDOW_S * audio.SAMPLE_RATE))
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated (but still the cleaner one here)
@@ -84,6 +89,7 @@ def metadata(metrics: dict) -> dict[str, str]:
         "variant": metrics["variant"],
         "version": VERSION,
         "thresholds": json.dumps(metrics["thresholds"]),
+        "calibration": json.dumps(metrics.get("calibration")),
     }
 
 
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     model, metrics = load_checkpoint(args.checkpoint)
-    export(model, args.out, metadata(metrics))
+    export(model, args.out, metadata(metrics), calibration(metrics))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Variants (see `VARIANTS`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,15 +108,33 @@ class FCN(nn.Module):
         return x
 
 
-class AngerProbability(nn.Module):
-    """p(anger) per input: softmax over the 2 classes, averaged over output time steps."""
+EPS = 1e-6
 
-    def __init__(self, fcn: FCN) -> None:
+
+def logit(p: torch.Tensor) -> torch.Tensor:
+    """log(p / (1 - p)), with p kept inside [EPS, 1 - EPS]."""
+    p = p.clamp(EPS, 1 - EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
+class AngerProbability(nn.Module):
+    """p(anger) per input: softmax over the 2 classes, averaged over output time steps; with a
+    calibration [scale, bias] (Platt scaling), sigmoid(scale * logit(p) + bias)."""
+
+    def __init__(self, fcn: FCN, calibration: list[float] | None = None) -> None:
         super().__init__()
         self.fcn = fcn
+        self.calibration = calibration
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.fcn(audio), dim=1)[:, 1].mean(dim=-1)
+        logits = self.fcn(audio)
+        if self.fcn.convs[-1].out_channels > 2:  # extra training-time outputs
+            logits = logits[:, :2]
+        p = torch.softmax(logits, dim=1)[:, 1].mean(dim=-1)
+        if self.calibration is None:
+            return p
+        scale, bias = self.calibration
+        return torch.sigmoid(scale * logit(p) + bias)
 
 
 def load_soundnet(model: FCN, path: str | Path, layers: int) -> None:
@@ -131,15 +149,33 @@ def load_soundnet(model: FCN, path: str | Path, layers: int) -> None:
                 getattr(bn, name).copy_(torch.from_numpy(weights[f"bn{i + 1}.{name}"]))
 
 
-def build(variant: str, pretrained: str | Path | None = None, dropout: float = 0.5) -> FCN:
-    """A network of a named variant; transfer variants need the SoundNet-8 npz path."""
+def with_outputs(blocks: tuple[Block, ...], outputs: int) -> tuple[Block, ...]:
+    """The blocks with the classifier widened to `outputs` channels (2 classes + extra targets)."""
+    *body, head = blocks
+    return (*body, replace(head, cout=outputs))
+
+
+def build(variant: str, pretrained: str | Path | None = None, dropout: float = 0.5, extra: int = 0) -> FCN:
+    """A network of a named variant, with `extra` output channels beside the 2 classes (training-time
+    targets such as a teacher's logits); transfer variants need the SoundNet-8 npz path."""
     spec = VARIANTS[variant]
-    model = FCN(spec.blocks, dropout=dropout, frozen=spec.frozen)
+    model = FCN(with_outputs(spec.blocks, 2 + extra), dropout=dropout, frozen=spec.frozen)
     if spec.transfer:
         if pretrained is None:
             raise ValueError(f"variant {variant} needs --pretrained (SoundNet-8 conv1-5 npz)")
         load_soundnet(model, pretrained, spec.transfer)
     return model
+
+
+def drop_extra_outputs(model: FCN) -> FCN:
+    """A copy of the network with only the 2 class outputs (what is exported)."""
+    head = model.convs[-1]
+    if head.out_channels == 2:
+        return model
+    slim = FCN(with_outputs(model.blocks, 2), dropout=model.dropout.p, frozen=model.frozen)
+    state = {k: v[:2] if k.startswith(f"convs.{len(model.blocks) - 1}.") else v for k, v in model.state_dict().items()}
+    slim.load_state_dict(state)
+    return slim.train(model.training)
 
 
 def n_parameters(model: nn.Module) -> int:

@@ -23,9 +23,12 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from tools import channels
 from tools.data import MIN_ACTIVE, BalancedBatches, decode, load_tracks, windows
-from tools.fcn import FCN, AngerProbability, build
+from tools.fcn import FCN, AngerProbability, build, logit
 from tools.manifest import load_manifest
+from tools.teacher import CLASSES as TEACHER_CLASSES
+from tools.teacher import Teacher
 
 FPRS = ("0.01", "0.05", "0.10")
 
@@ -39,12 +42,23 @@ class EvalSet:
     corpus: np.ndarray
 
 
-def eval_set(manifests: list[str], split: str | None) -> EvalSet:
-    """All gated run-time windows of the clips of `split` (None: all clips) of the manifests."""
+CHANNELS = tuple(name for name in channels.SUITE_NAMES if name != "clean")
+
+
+def eval_set(manifests: list[str], split: str | None, channel: bool = False) -> EvalSet:
+    """All gated run-time windows of the clips of `split` (None: all clips) of the manifests.
+
+    With `channel`, clip i passes through suite channel CHANNELS[i % len(CHANNELS)] (seed i; babble from
+    the set's clips): every channel of the suite, spread over the set's clips."""
+    clips = [clip for manifest in manifests for clip in load_manifest(manifest, split)]
+    audio = [decode(clip.path) for clip in clips]
+    pool = np.concatenate(audio) if channel else None
     xs, ys, cs = [], [], []
-    for manifest in manifests:
-        for clip in load_manifest(manifest, split):
-            w = windows(decode(clip.path))
+    for i, (clip, x) in enumerate(zip(clips, audio, strict=True)):
+        if channel:
+            x = channels.suite_channel(CHANNELS[i % len(CHANNELS)], x, i, pool)
+        w = windows(x)
+        if len(w):
             xs.append(w)
             ys += [clip.anger] * len(w)
             cs += [clip.corpus] * len(w)
@@ -52,11 +66,11 @@ def eval_set(manifests: list[str], split: str | None) -> EvalSet:
 
 
 @torch.no_grad()
-def predict(model: FCN, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """p(anger) of prepared windows, eval mode."""
+def predict(model: FCN, x: np.ndarray, calibration: list[float] | None = None, batch: int = 256) -> np.ndarray:
+    """p(anger) of prepared windows, eval mode (calibrated when given [scale, bias])."""
     was_training = model.training
     model.eval()
-    prob = AngerProbability(model)
+    prob = AngerProbability(model, calibration)
     p = np.concatenate([prob(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])
     model.train(was_training)
     return p
@@ -68,6 +82,22 @@ def aurocs(s: EvalSet, p: np.ndarray) -> dict[str, float]:
     out["mean"] = float(np.mean(list(out.values())))
     out["all"] = float(roc_auc_score(s.y, p))
     return out
+
+
+def teacher_norm(batches: BalancedBatches, n: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of the teacher's logits over `n` batches (a separate seed)."""
+    probe = BalancedBatches(batches.tracks, batches.seed + 1000, zero_noise=batches.zero_noise, teacher=batches.teacher)
+    t = torch.cat([b[2] for b, _ in zip(probe, range(n), strict=False)])
+    return t.mean(dim=0), t.std(dim=0).clamp_min(1e-3)
+
+
+def platt(y: np.ndarray, p: np.ndarray) -> list[float]:
+    """Platt scaling: [scale, bias] of the logistic regression of the label on logit(p)."""
+    from sklearn.linear_model import LogisticRegression
+
+    z = logit(torch.from_numpy(p.astype(np.float32))).numpy()[:, None]
+    fit = LogisticRegression(C=1e4).fit(z, y)
+    return [float(fit.coef_[0, 0]), float(fit.intercept_[0])]
 
 
 def thresholds(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -93,6 +123,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--min-active", type=float, default=MIN_ACTIVE, help="least share of active 10 ms frames in a training crop"
     )
     ap.add_argument("--zero-noise", action="store_true", help="replace digital zeros in crops by a noise floor")
+    ap.add_argument("--channels", type=float, default=0.0, help="share of training crops through a random channel")
+    ap.add_argument("--teacher", help="YAMNet tflite: its raised-voice logits become extra training targets")
+    ap.add_argument("--teacher-weight", type=float, default=0.5, help="weight of the teacher loss")
+    ap.add_argument(
+        "--select",
+        choices=("clean", "channels"),
+        default="clean",
+        help="checkpoint selection: mean per-corpus validation AUROC on clean windows, or the mean of clean"
+        " and channel-perturbed validation (then also calibrated on both)",
+    )
     ap.add_argument("--out", type=Path, required=True)
     return ap.parse_args(argv)
 
@@ -102,11 +142,19 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    model = build(args.variant, args.pretrained, args.dropout)
+    teacher = Teacher(args.teacher) if args.teacher else None
+    extra = len(TEACHER_CLASSES) if teacher else 0
+    model = build(args.variant, args.pretrained, args.dropout, extra)
     val = eval_set(args.manifest, "val")
+    val_channel = eval_set(args.manifest, "val", channel=True) if args.select == "channels" else None
     batches = BalancedBatches(
-        load_tracks(args.manifest, "train", args.min_active), args.seed, zero_noise=args.zero_noise
+        load_tracks(args.manifest, "train", args.min_active),
+        args.seed,
+        zero_noise=args.zero_noise,
+        channel_p=args.channels,
+        teacher=teacher,
     )
+    norm = teacher_norm(batches) if teacher else None
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0
     )
@@ -117,10 +165,13 @@ def main(argv: list[str] | None = None) -> dict:
     model.train()
     for step in range(1, args.steps + 1):
         t0 = time.perf_counter()
-        x, y = next(it)
+        x, y, *targets = next(it)
         t1 = time.perf_counter()
         logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits, y[:, None].expand(-1, logits.shape[-1]))
+        loss = torch.nn.functional.cross_entropy(logits[:, :2], y[:, None].expand(-1, logits.shape[-1]))
+        if targets:
+            z = (targets[0] - norm[0]) / norm[1]
+            loss = loss + args.teacher_weight * torch.nn.functional.mse_loss(logits[:, 2:].mean(dim=-1), z)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -136,25 +187,39 @@ def main(argv: list[str] | None = None) -> dict:
                 "step_ms": 1e3 * compute / n,
             }
             row.update({f"val_{k}": v for k, v in aurocs(val, predict(model, val.x)).items()})
+            row["score"] = row["val_mean"]
+            if val_channel is not None:
+                row.update({f"valch_{k}": v for k, v in aurocs(val_channel, predict(model, val_channel.x)).items()})
+                row["score"] = (row["val_mean"] + row["valch_mean"]) / 2
             history.append(row)
             wait = compute = loss_sum = 0.0
-            if best is None or row["val_mean"] > best["val_mean"]:
+            if best is None or row["score"] > best["score"]:
                 best = row
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
             print(
                 f"\r{args.out.name} step {step}/{args.steps} loss {row['loss']:.3f} val {row['val_mean']:.3f}"
-                f" (best {best['val_mean']:.3f} @{best['step']}) data {row['data_ms']:.0f} ms"
+                f" score {row['score']:.3f} (best {best['score']:.3f} @{best['step']}) data {row['data_ms']:.0f} ms"
                 f" step {row['step_ms']:.0f} ms",
                 end="\n" if step == args.steps else "",
                 file=sys.stderr,
                 flush=True,
             )
     model.load_state_dict(best_state)
-    p_val = predict(model, val.x)
-    final = {"val": aurocs(val, p_val)}
+    calibration = None
+    if val_channel is not None:
+        both = EvalSet(*(np.concatenate([getattr(val, f), getattr(val_channel, f)]) for f in ("x", "y", "corpus")))
+        calibration = platt(both.y, predict(model, both.x))
+    else:
+        both = val
+    p_val = predict(model, both.x, calibration)
+    final = {"val": aurocs(val, predict(model, val.x))}
+    if val_channel is not None:
+        final["val_channels"] = aurocs(val_channel, predict(model, val_channel.x))
     for name, s in (
         ("test", eval_set(args.manifest, "test")),
+        ("test_channels", val_channel is not None and eval_set(args.manifest, "test", channel=True)),
         ("dev", args.dev and eval_set(args.dev, None)),
+        ("dev_channels", args.dev and val_channel is not None and eval_set(args.dev, None, channel=True)),
     ):
         if s:
             final[name] = aurocs(s, predict(model, s.x))
@@ -167,13 +232,24 @@ def main(argv: list[str] | None = None) -> dict:
         "dropout": args.dropout,
         "min_active": args.min_active,
         "zero_noise": args.zero_noise,
+        "channels": args.channels,
+        "teacher": teacher and {"classes": list(TEACHER_CLASSES.values()), "weight": args.teacher_weight},
+        "select": args.select,
+        "calibration": calibration,
         "best_step": best["step"],
         "final": final,
-        "thresholds": thresholds(val.y, p_val),
+        "thresholds": thresholds(both.y, p_val),
         "history": history,
     }
     torch.save(
-        {"variant": args.variant, "dropout": args.dropout, "state_dict": best_state, "metrics": metrics},
+        {
+            "variant": args.variant,
+            "dropout": args.dropout,
+            "calibration": calibration,
+            "extra": extra,
+            "state_dict": best_state,
+            "metrics": metrics,
+        },
         args.out / "best.pt",
     )
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
