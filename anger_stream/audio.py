@@ -84,21 +84,43 @@ def prepare_window(segment: np.ndarray, window: int) -> np.ndarray:
     return normalise(segment)
 
 
+MAX_CHANNELS = 64
+"""2-D audio is (frames, channels); more columns than this is taken for a (channels, frames) array."""
+
+
 def to_float(samples: np.ndarray) -> np.ndarray:
-    """Integer PCM or float samples -> float32 in [-1, 1] full scale."""
+    """Integer PCM or float samples -> float32 in [-1, 1] full scale; other types (complex, bool) are refused."""
     samples = np.asarray(samples)
     if samples.dtype.kind in "iu":
         info = np.iinfo(samples.dtype)
         scale = float(-info.min) if info.min < 0 else (info.max + 1) / 2
         offset = 0.0 if info.min < 0 else scale
         return ((samples.astype(np.float32) - offset) / scale).astype(np.float32)
+    if samples.dtype.kind != "f":
+        raise ValueError(f"audio samples must be integer PCM or float, not {samples.dtype}")
     return samples.astype(np.float32, copy=False)
 
 
 def mixdown(samples: np.ndarray) -> np.ndarray:
-    """(frames, channels) -> mono (frames,), by averaging channels."""
+    """Mono (frames,) or (frames, channels) -> mono (frames,), by averaging channels."""
     samples = np.asarray(samples)
-    return samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim != 2:
+        raise ValueError(f"audio must be 1-D (mono) or 2-D (frames, channels), not of shape {samples.shape}")
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+def as_mono(samples: np.ndarray) -> np.ndarray:
+    """The one way audio enters the detector: mono float32 from integer PCM or float, 1-D or (frames, channels)
+    with at most MAX_CHANNELS channels (a wider array is refused as probably transposed)."""
+    x = to_float(samples)
+    if x.ndim == 2 and x.shape[1] > MAX_CHANNELS:
+        raise ValueError(
+            f"2-D audio is (frames, channels) with at most {MAX_CHANNELS} channels; shape {x.shape} looks like "
+            "(channels, frames): pass its transpose"
+        )
+    return mixdown(x)
 
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int = SAMPLE_RATE) -> np.ndarray:

@@ -9,6 +9,7 @@ code, so they give identical results.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import gcd
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,37 @@ from .events import AngerEnd, AngerStart, Event, Window
 from .model import AngerModel
 from .resampler import StreamingResampler
 
+MAX_WINDOW_S = 10.0
+"""The longest window a detector takes (the model was trained on 1.2 s windows)."""
+MIN_RATE, MAX_RATE = 1_000, 384_000
+MAX_RATIO_TERM = 2_000
+"""Input sample rates are whole Hz in [MIN_RATE, MAX_RATE] whose ratio to 16 kHz reduces to a fraction with
+terms of at most this (8000, 11025, 22050, 44100, 48000, 96000 Hz and the like): the resampler's filter
+grows with those terms (47999 Hz would need a 1.9 million tap filter)."""
+
+
+def check_rate(rate: object) -> int:
+    """A usable input sample rate as an int, or ValueError saying why not."""
+    ok = isinstance(rate, int | float | np.integer | np.floating) and not isinstance(rate, bool | np.bool_)
+    if not ok or not np.isfinite(rate) or rate != int(rate):
+        raise ValueError(f"sample rate must be a whole number of Hz, not {rate!r}")
+    rate = int(rate)
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ValueError(f"sample rate must be from {MIN_RATE} to {MAX_RATE} Hz, not {rate}")
+    g = gcd(rate, audio.SAMPLE_RATE)
+    if max(rate, audio.SAMPLE_RATE) // g > MAX_RATIO_TERM:
+        raise ValueError(
+            f"sample rate {rate} Hz is not supported: its ratio to {audio.SAMPLE_RATE} Hz "
+            f"({audio.SAMPLE_RATE // g}/{rate // g}) needs too long a resampling filter; resample it first "
+            "(e.g. sox in.wav -r 16000 out.wav)"
+        )
+    return rate
+
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Parameters in human units; converted to samples once."""
+    """Parameters in human units, checked once here (for the CLI, the servers, batch and the Python API alike)
+    and converted to samples once. Invalid values raise ValueError naming the field."""
 
     threshold: float = 0.6
     window_s: float = audio.WINDOW_S
@@ -32,14 +60,29 @@ class DetectorConfig:
     hysteresis: float = 0.1
 
     def __post_init__(self) -> None:
+        for name in ("threshold", "window_s", "hop_s", "min_audio_s", "min_dbfs", "hysteresis"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+                raise ValueError(f"{name} must be a number, not {value!r}")
+            if not np.isfinite(value):
+                raise ValueError(f"{name} must be finite, not {value}")
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError("threshold must be between 0 and 1")
-        if not 0.0 < self.hop_s <= self.window_s:
-            raise ValueError("hop must be positive and at most the window")
-        if not 0.0 < self.min_audio_s <= self.window_s:
-            raise ValueError("min_audio must be positive and at most the window")
-        if self.patience < 1 or self.hysteresis < 0:
-            raise ValueError("patience must be >= 1 and hysteresis >= 0")
+            raise ValueError(f"threshold must be from 0 to 1, not {self.threshold}")
+        if not 0.0 < self.window_s <= MAX_WINDOW_S:
+            raise ValueError(f"window_s must be above 0 and at most {MAX_WINDOW_S} s, not {self.window_s}")
+        if not (self.hop >= 1 and self.hop_s <= self.window_s):
+            raise ValueError(
+                f"hop_s must be at least one sample (1/{audio.SAMPLE_RATE} s) and at most the window "
+                f"({self.window_s} s), not {self.hop_s}"
+            )
+        if not (self.min_audio >= 1 and self.min_audio_s <= self.window_s):
+            raise ValueError(f"min_audio_s must be above 0 and at most the window, not {self.min_audio_s}")
+        if not -200.0 <= self.min_dbfs <= 0.0:
+            raise ValueError(f"min_dbfs must be from -200 to 0 dBFS, not {self.min_dbfs}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int | np.integer) or self.patience < 1:
+            raise ValueError(f"patience must be a whole number of windows, at least 1, not {self.patience!r}")
+        if not 0.0 <= self.hysteresis <= 1.0:
+            raise ValueError(f"hysteresis must be from 0 to 1, not {self.hysteresis}")
 
     @property
     def window(self) -> int:
@@ -140,7 +183,7 @@ class Stream:
 
     def __init__(self, config: DetectorConfig, sample_rate: int = audio.SAMPLE_RATE) -> None:
         self.config = config
-        self.sample_rate = sample_rate
+        self.sample_rate = check_rate(sample_rate)
         self._resampler = (
             StreamingResampler(sample_rate, audio.SAMPLE_RATE) if sample_rate != audio.SAMPLE_RATE else None
         )
@@ -231,14 +274,21 @@ class AngerDetector:
     def __init__(
         self,
         model: AngerModel | str | Path | None = None,
-        threshold: float = 0.6,
+        threshold: float | None = None,
         *,
         sample_rate: int = audio.SAMPLE_RATE,
-        **config: float,
+        config: DetectorConfig | None = None,
+        **settings: float,
     ) -> None:
+        """`model`: an AngerModel, a path, a packaged model's name ("fp32", "int8") or None (fp32). The
+        detector's parameters come as `config` or as its fields (threshold=, hop_s=, ...), not both."""
+        if config is None:
+            config = DetectorConfig(**({} if threshold is None else {"threshold": threshold}), **settings)
+        elif threshold is not None or settings:
+            raise TypeError("give either config or its fields, not both")
+        self.config = config
+        self.sample_rate = check_rate(sample_rate)
         self.model = model if isinstance(model, AngerModel) else AngerModel(model)
-        self.config = DetectorConfig(threshold=threshold, **config)
-        self.sample_rate = sample_rate
         self.reset()
 
     def reset(self) -> None:
@@ -246,12 +296,14 @@ class AngerDetector:
         self.stream = Stream(self.config, self.sample_rate)
 
     def feed(self, samples: np.ndarray, sample_rate: int | None = None) -> list[Event]:
-        """Add samples (float in [-1, 1] or integer PCM, mono); return the events they complete."""
+        """Add samples (float in [-1, 1] or integer PCM; mono, or (frames, channels) mixed down); return the
+        events they complete."""
+        x = audio.as_mono(samples)
         if sample_rate is not None and sample_rate != self.stream.sample_rate:
             if self.stream.windower.samples:
                 raise ValueError("the sample rate cannot change within a stream; call reset() first")
             self.stream = Stream(self.config, sample_rate)
-        self.stream.push(audio.to_float(samples))
+        self.stream.push(x)
         return score_pending(self.model, self.stream)
 
     def flush(self) -> list[Event]:
@@ -264,11 +316,11 @@ class AngerDetector:
     def analyse(self, samples: np.ndarray, sample_rate: int = audio.SAMPLE_RATE) -> list[Event]:
         """Offline: the windows and anger events of a whole signal, as a live stream of it would give them.
 
-        The signal (mono, or frames x channels, mixed down) is resampled in one go (resample_poly) and
-        scored in batches; the detector's own stream is left untouched.
+        The signal (mono, or (frames, channels) mixed down, as `feed` takes it) is resampled in one go
+        (resample_poly) and scored in batches; the detector's own stream is left untouched.
         """
-        x = np.nan_to_num(audio.mixdown(audio.to_float(samples)), nan=0.0, posinf=0.0, neginf=0.0)
-        x = audio.resample(x, sample_rate)
+        x = np.nan_to_num(audio.as_mono(samples), nan=0.0, posinf=0.0, neginf=0.0)
+        x = audio.resample(x, check_rate(sample_rate))
         stream = Stream(self.config)
         events: list[Event] = []
         step = 64 * self.config.hop  # at most 64 windows per model call

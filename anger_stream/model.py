@@ -1,4 +1,9 @@
-"""The ONNX model: the packaged default or a path, its metadata, and batched scoring of prepared windows."""
+"""The ONNX model: a packaged one (by name) or a path, its metadata, and batched scoring of prepared windows.
+
+A model is checked when it is loaded (one probe window must give one probability) and every output is checked
+at run time: a model that does not give one finite p in [0, 1] per window raises ModelError, never a silent
+or impossible result.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,26 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-DEFAULT_MODEL = "anger_fcn.onnx"
+PACKAGED_MODELS = {"fp32": "anger_fcn.onnx", "int8": "anger_fcn.int8.onnx"}
+"""The models shipped inside the package, by name: float32 (the default) and its static int8 quantisation."""
+PROBE_SAMPLES = 19_200
+"""The probe window's length (1.2 s at 16 kHz, the default window)."""
 
 
 class ModelError(Exception):
     """The model file is missing or is not a usable anger model."""
 
 
-def default_model_path() -> Path:
-    """Path of the model shipped inside the package."""
-    return Path(str(resources.files("anger_stream.models") / DEFAULT_MODEL))
+def default_model_path(name: str = "fp32") -> Path:
+    """Path of a model shipped inside the package (see PACKAGED_MODELS)."""
+    return Path(str(resources.files("anger_stream.models") / PACKAGED_MODELS[name]))
+
+
+def model_path(model: str | Path | None) -> Path:
+    """A packaged model's name ("fp32", "int8"), a path, or None (fp32) -> the model file's path."""
+    if model is None or str(model) in PACKAGED_MODELS:
+        return default_model_path(str(model or "fp32"))
+    return Path(model)
 
 
 class AngerModel:
@@ -29,7 +44,7 @@ class AngerModel:
     """
 
     def __init__(self, path: str | Path | None = None, threads: int = 1) -> None:
-        self.path = Path(path) if path is not None else default_model_path()
+        self.path = model_path(path)
         if not self.path.is_file():
             raise ModelError(f"model file not found: {self.path}")
         options = ort.SessionOptions()
@@ -47,6 +62,12 @@ class AngerModel:
             raise ModelError(f"{self.path} is not an anger model (expects one [batch, samples] input)")
         self.input_name = inputs[0].name
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            self.predict(np.zeros((2, PROBE_SAMPLES), dtype=np.float32))
+        except ModelError as exc:
+            raise ModelError(f"{self.path} is not an anger model: {exc}") from None
+        except Exception as exc:  # onnxruntime's own errors for inputs the graph does not take
+            raise ModelError(f"{self.path} is not an anger model: {exc}".splitlines()[0]) from None
 
     def meta_json(self, key: str, default: object = None) -> object:
         """A metadata value stored as JSON (e.g. thresholds)."""
@@ -57,5 +78,12 @@ class AngerModel:
         windows = np.ascontiguousarray(windows, dtype=np.float32)
         if len(windows) == 0:
             return np.zeros(0, dtype=np.float32)
-        (p,) = self.session.run(None, {self.input_name: windows})
-        return p.reshape(-1)
+        p, *_ = self.session.run(None, {self.input_name: windows})
+        p = np.asarray(p)
+        if p.size != len(windows):
+            raise ModelError(f"the model gave {p.size} outputs for {len(windows)} windows (one p per window expected)")
+        p = p.reshape(-1)
+        if not (np.isfinite(p).all() and p.min() >= 0.0 and p.max() <= 1.0):
+            bad = p[~(np.isfinite(p) & (p >= 0.0) & (p <= 1.0))][0]
+            raise ModelError(f"the model gave {float(bad):.4g} for a window, not a probability in [0, 1]")
+        return p
