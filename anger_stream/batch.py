@@ -15,14 +15,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
-from .audio import mixdown
+from . import channels
 from .detector import AngerDetector, DetectorConfig
 from .events import AngerEnd, AngerStart, Event, Window
 from .model import AngerModel, ModelError
@@ -75,23 +75,48 @@ def summarise(events: list[Event], threshold: float) -> dict[str, Any]:
     }
 
 
-def record(path: str, recording: Recording, detector: AngerDetector) -> dict[str, Any]:
-    """The results line of a recording: where, how long, its window scores and their summary."""
-    samples = mixdown(recording.samples)
-    return {
+@dataclass(frozen=True)
+class Job:
+    """What every recording of a batch is scored with (sent to the workers with each task)."""
+
+    model: str | None = None
+    """A model path, or None for the packaged one."""
+    config: DetectorConfig = field(default_factory=DetectorConfig)
+    channels: str = "mix"
+    """'mix' or 'split' (see `channels.select`)."""
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def record(path: str, recording: Recording, detector: AngerDetector, mode: str = "mix") -> dict[str, Any]:
+    """The results line of a recording: where, how long, its window scores and their summary.
+
+    Mixed (`mode` 'mix'): the summary of the one stream at the top level, `channels` null. Split: one summary
+    per channel in `channels` (each with its `channel` number), and at the top level only `p_max`, the highest
+    of any channel.
+    """
+    threshold = detector.config.threshold
+    streams = [
+        (c, summarise(detector.analyse(x, recording.rate), threshold))
+        for c, x in channels.select(recording.samples, mode)
+    ]
+    head = {
         "path": path,
         "duration": round(recording.duration, 3),
         "sample_rate": recording.rate,
-        "threshold": detector.config.threshold,
-        **summarise(detector.analyse(samples, recording.rate), detector.config.threshold),
-        "error": None,
-        "warning": recording.warning,
+        "threshold": threshold,
     }
+    if mode == "mix":
+        summary, per_channel = streams[0][1], None
+    else:
+        per_channel = [{"channel": c, **s} for c, s in streams]
+        peaks = [s["p_max"] for s in per_channel if s["p_max"] is not None]
+        summary = {"windows": None, "p_max": max(peaks, default=None), "angry_share": None, "segments": None}
+    return {**head, **summary, "channels": per_channel, "error": None, "warning": recording.warning}
 
 
 def error_record(path: str, threshold: float, message: str) -> dict[str, Any]:
     """The line of a recording that could not be scored: the same keys, null data, a one-line error."""
-    empty = dict.fromkeys(("windows", "p_max", "angry_share", "segments"))
+    empty = dict.fromkeys(("windows", "p_max", "angry_share", "segments", "channels"))
     return {
         "path": path,
         "duration": None,
@@ -103,54 +128,50 @@ def error_record(path: str, threshold: float, message: str) -> dict[str, Any]:
     }
 
 
-def _score(path: str, detector: AngerDetector, cancelled: Callable[[], bool]) -> dict[str, Any]:
+def _score(path: str, detector: AngerDetector, mode: str, cancelled: Callable[[], bool]) -> dict[str, Any]:
     try:
         require_regular(path)
         recording = read_recording(path, cancelled)
     except InputError as exc:
         return error_record(path, detector.config.threshold, str(exc))
-    return record(path, recording, detector)
+    return record(path, recording, detector, mode)
 
 
-def score_file(
-    path: str, model: str | None, config: DetectorConfig, timeout: float = DEFAULT_TIMEOUT
-) -> dict[str, Any]:
+def score_file(path: str, job: Job) -> dict[str, Any]:
     """Read, score and summarise one file (on a worker); an unusable file gives an error record.
 
     Only regular files are opened (a FIFO or device would block). The work runs in a thread of its own:
-    after `timeout` seconds the file gets an error record and is given up (its reading stops at the next
+    after `job.timeout` seconds the file gets an error record and is given up (its reading stops at the next
     block; a read blocked in the system stays blocked, in that thread only). ModelError propagates: a model
     the workers cannot load stops the job.
     """
-    if model not in _MODELS:
-        _MODELS[model] = AngerModel(model, threads=1)
-    detector = AngerDetector(_MODELS[model], **asdict(config))
+    if job.model not in _MODELS:
+        _MODELS[job.model] = AngerModel(job.model, threads=1)
+    detector = AngerDetector(_MODELS[job.model], **asdict(job.config))
     done: list[dict[str, Any]] = []
     failed: list[BaseException] = []
     cancel = threading.Event()
 
     def work() -> None:
         try:
-            done.append(_score(path, detector, cancel.is_set))
+            done.append(_score(path, detector, job.channels, cancel.is_set))
         except BaseException as exc:  # handed to the caller's thread
             failed.append(exc)
 
     thread = threading.Thread(target=work, name="anger-batch-file", daemon=True)
     thread.start()
-    thread.join(timeout)
+    thread.join(job.timeout)
     if thread.is_alive():
         cancel.set()
-        return error_record(path, config.threshold, f"timed out after {timeout:g} s (see --timeout): {path}")
+        return error_record(path, job.config.threshold, f"timed out after {job.timeout:g} s (see --timeout): {path}")
     if failed:
         raise failed[0]
     return done[0]
 
 
-def score_files(
-    paths: list[str], model: str | None, config: DetectorConfig, timeout: float = DEFAULT_TIMEOUT
-) -> list[dict[str, Any]]:
+def score_files(paths: list[str], job: Job) -> list[dict[str, Any]]:
     """The worker task: the lines of a chunk of files, in order."""
-    return [score_file(path, model, config, timeout) for path in paths]
+    return [score_file(path, job) for path in paths]
 
 
 # --- the archive --------------------------------------------------------------------------------------
@@ -255,11 +276,9 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
 def run(
     client: Client,
     paths: list[str],
-    model: str | None,
-    config: DetectorConfig,
+    job: Job,
     write: Callable[[dict[str, Any]], None],
     stopped: Callable[[], bool] = lambda: False,
-    timeout: float = DEFAULT_TIMEOUT,
 ) -> None:
     """Score `paths` on the cluster, calling `write` with each record as it completes (in completion order),
     until done or `stopped()`. A bounded number of tasks is in flight, whatever the size of the archive."""
@@ -272,7 +291,7 @@ def run(
 
     def submit(chunk: list[str] | None) -> None:
         if chunk:
-            future = client.submit(score_files, chunk, model, config, timeout, pure=False)
+            future = client.submit(score_files, chunk, job, pure=False)
             pending[future] = chunk
             queue.add(future)
 
@@ -289,7 +308,7 @@ def run(
                 for path in chunk:
                     submit([path])
                 continue
-            lines = [error_record(chunk[0], config.threshold, f"{type(exc).__name__}: {exc}".splitlines()[0])]
+            lines = [error_record(chunk[0], job.config.threshold, f"{type(exc).__name__}: {exc}".splitlines()[0])]
         future.release()
         for line in lines:
             write(line)
@@ -345,6 +364,12 @@ def batch(
     timeout: Annotated[
         float, typer.Option(min=0.001, help="Seconds a worker may spend on one file before it gets an error line.")
     ] = DEFAULT_TIMEOUT,
+    channel_mode: Annotated[
+        str,
+        typer.Option(
+            "--channels", help="mix: score the channels averaged; split: each channel as its own stream (calls)."
+        ),
+    ] = "mix",
 ) -> None:
     """Score an archive of recordings on a Dask cluster: one JSON line per recording in --out.
 
@@ -353,6 +378,8 @@ def batch(
     """
     from .stdio import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_USAGE, fail, warn
 
+    if channel_mode not in channels.MODES:
+        fail(f"--channels must be one of {', '.join(channels.MODES)}", EXIT_USAGE)
     if scheduler is not None and workers is not None:
         fail("--workers sizes the local cluster; a --scheduler cluster has its own `dask worker`s", EXIT_USAGE)
     if out.exists() and not (resume or overwrite):
@@ -370,7 +397,7 @@ def batch(
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
 
-    config = DetectorConfig(threshold=threshold)
+    job = Job(model_path, DetectorConfig(threshold=threshold), channel_mode, timeout)
     failed, warned, stop = 0, 0, threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -396,7 +423,7 @@ def batch(
                 sink.flush()
                 advance(line)
 
-            run(client, todo, model_path, config, write, stop.is_set, timeout)
+            run(client, todo, job, write, stop.is_set)
     except KeyboardInterrupt:
         stop.set()
     except ModelError as exc:

@@ -1,7 +1,8 @@
 """`anger-stream report`: one recording's timeline as a PNG a supervisor reads at a glance.
 
-Top: the level in dBFS per 50 ms frame, with the silence gate. Bottom: p(anger) per window at the window's
-centre, the threshold, and the anger segments (shaded on both) from the live detector's event logic.
+Top: the level in dBFS per 50 ms frame, with the silence gate. Below: p(anger) per window at the window's
+centre, the threshold, and the anger segments (shaded on both) from the live detector's event logic; with
+`--channels split` (or a split batch line) one level curve and one p(anger) lane per channel.
 matplotlib is imported inside the function (Agg canvas, no pyplot).
 """
 
@@ -14,12 +15,14 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from . import audio
+from . import audio, channels
 from .batch import record as make_record
 from .detector import AngerDetector, DetectorConfig
 
 FRAME_S = 0.05
 SIZE_PX = (1400, 600)
+"""Figure size with one p(anger) lane; each further lane (channel) adds LANE_PX."""
+LANE_PX = 300
 DPI = 100
 
 
@@ -46,59 +49,93 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else _clock(seconds)
 
 
+def figure_size(lanes: int) -> tuple[int, int]:
+    """Pixels (width, height) of a figure with this many p(anger) lanes."""
+    return SIZE_PX[0], SIZE_PX[1] + LANE_PX * (lanes - 1)
+
+
+def lanes(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, summary) per p(anger) lane: the record itself, or one per channel of a split record."""
+    if record.get("channels") is None:
+        return [("p(anger)", record)]
+    return [(f"channel {c['channel']}", c) for c in record["channels"]]
+
+
 def draw(record: dict[str, Any], samples: np.ndarray, rate: int, threshold: float, out: Path) -> None:
-    """Write the figure of one batch record (and its audio, for the level) to `out` (PNG, SIZE_PX pixels)."""
+    """Write the figure of one batch record (and its audio, for the level) to `out` (PNG).
+
+    `samples` are the recording's (frames, channels); a split record gets one level curve and one p(anger)
+    lane per channel.
+    """
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MultipleLocator
 
     config = DetectorConfig(threshold=threshold)
     duration = record["duration"]
-    fig = Figure(figsize=(SIZE_PX[0] / DPI, SIZE_PX[1] / DPI), dpi=DPI, layout="constrained")
-    level_ax, p_ax = fig.subplots(2, 1, sharex=True, height_ratios=(2, 3))
+    rows = lanes(record)
+    split = record.get("channels") is not None
+    width, height = figure_size(len(rows))
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    level_ax, *p_axes = fig.subplots(1 + len(rows), 1, sharex=True, height_ratios=(2, *[3] * len(rows)))
 
-    times, levels = frame_levels(samples, rate)
-    floor = max(min(levels.min(initial=0.0), config.min_dbfs) - 5, -100)
-    level_ax.plot(times, np.maximum(levels, floor), color="0.35", linewidth=0.8)  # silence at the bottom
+    x = np.asarray(samples).reshape(len(samples), -1)
+    curves = [(f"channel {c}", x[:, c]) for c in range(x.shape[1])] if split else [("", audio.mixdown(x))]
+    levels = [(label, *frame_levels(signal, rate)) for label, signal in curves]
+    floor = max(min(min(lv.min(initial=0.0) for _, _, lv in levels), config.min_dbfs) - 5, -100)
+    for label, times, lv in levels:  # silence at the bottom
+        colour = None if split else "0.35"
+        level_ax.plot(times, np.maximum(lv, floor), linewidth=0.8, color=colour, label=label or None)
     level_ax.axhline(config.min_dbfs, color="0.6", linestyle=":", linewidth=1, label="silence gate")
     level_ax.set_ylim(floor, 0)
     level_ax.set_ylabel("level (dBFS)")
     level_ax.legend(loc="lower right", fontsize="small")
 
-    p = np.array([np.nan if v is None else v for v in record["windows"]], dtype=float)
-    marker = "o" if len(p) <= 300 else None  # dots only while they stay apart
-    p_ax.plot(
-        window_centres(len(p), duration, config), p, color="tab:blue", marker=marker, markersize=3, label="p(anger)"
-    )
-    p_ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
-    for i, (t0, t1) in enumerate(record["segments"]):
-        level_ax.axvspan(t0, t1, color="tab:red", alpha=0.18, linewidth=0)
-        p_ax.axvspan(t0, t1, color="tab:red", alpha=0.18, linewidth=0, label=None if i else "anger")
-    p_ax.set_ylim(0, 1)
-    p_ax.set_xlim(0, duration)
-    p_ax.set_ylabel("p(anger)")
+    for p_ax, (label, lane) in zip(p_axes, rows, strict=True):
+        p = np.array([np.nan if v is None else v for v in lane["windows"]], dtype=float)
+        marker = "o" if len(p) <= 300 else None  # dots only while they stay apart
+        centres = window_centres(len(p), duration, config)
+        p_ax.plot(centres, p, color="tab:blue", marker=marker, markersize=3, label="p(anger)")
+        p_ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+        for i, (t0, t1) in enumerate(lane["segments"]):
+            if not split:  # the level panel is shared by the channels' lanes
+                level_ax.axvspan(t0, t1, color="tab:red", alpha=0.18, linewidth=0)
+            p_ax.axvspan(t0, t1, color="tab:red", alpha=0.18, linewidth=0, label=None if i else "anger")
+        p_ax.set_ylim(0, 1)
+        p_ax.set_ylabel(f"p(anger), {label}" if split else label)
+        p_ax.legend(loc="upper right", fontsize="small")
+    last = p_axes[-1]
+    last.set_xlim(0, duration)
     if duration < 60:
-        p_ax.set_xlabel("time (s)")
+        last.set_xlabel("time (s)")
     else:
-        p_ax.set_xlabel("time (m:ss)")
+        last.set_xlabel("time (m:ss)")
         step = next((s for s in (10, 15, 30, 60, 120, 300, 600, 900, 1800) if duration / s <= 12), 3600)
-        p_ax.xaxis.set_major_locator(MultipleLocator(step))
-        p_ax.xaxis.set_major_formatter(FuncFormatter(_clock))
-    p_ax.legend(loc="upper right", fontsize="small")
-    for ax in (level_ax, p_ax):
+        last.xaxis.set_major_locator(MultipleLocator(step))
+        last.xaxis.set_major_formatter(FuncFormatter(_clock))
+    for ax in (level_ax, *p_axes):
         ax.grid(alpha=0.3)
 
     fig.suptitle(summary_line(record), fontsize="large")
     fig.savefig(out, format="png")
 
 
-def summary_line(record: dict[str, Any]) -> str:
-    """E.g. 'call.wav: 3:12, 14% of speech angry, peak p 0.93, 2 anger segments'."""
-    share, peak, n = record["angry_share"], record["p_max"], len(record["segments"])
+def _lane_summary(lane: dict[str, Any]) -> str:
+    """E.g. '14% of speech angry, peak p 0.93, 2 anger segments'."""
+    share, peak, n = lane["angry_share"], lane["p_max"], len(lane["segments"])
     if share is not None:
         speech = f"{share:.0%} of speech angry, peak p {peak:.2f}"
     else:
-        speech = "silent: no window scored" if record["windows"] else "too short to score"
-    return f"{Path(record['path']).name}: {_duration(record['duration'])}, {speech}, {n} anger segment{'s' * (n != 1)}"
+        speech = "silent: no window scored" if lane["windows"] else "too short to score"
+    return f"{speech}, {n} anger segment{'s' * (n != 1)}"
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """E.g. 'call.wav: 3:12, 14% of speech angry, peak p 0.93, 2 anger segments'; per channel when split."""
+    if record.get("channels") is None:
+        text = _lane_summary(record)
+    else:
+        text = "; ".join(f"{label}: {_lane_summary(lane)}" for label, lane in lanes(record))
+    return f"{Path(record['path']).name}: {_duration(record['duration'])}, {text}"
 
 
 def find_record(results: Path, wanted: str) -> dict[str, Any]:
@@ -120,6 +157,10 @@ def report(
         float | None, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry (default: 0.6).")
     ] = None,
     model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
+    channel_mode: Annotated[
+        str | None,
+        typer.Option("--channels", help="mix: the channels averaged (default); split: one lane per channel (calls)."),
+    ] = None,
 ) -> None:
     """Draw one recording's timeline (level, p(anger), threshold, anger segments) as a PNG."""
     from .model import ModelError
@@ -129,8 +170,8 @@ def report(
 
     try:
         if source.suffix == ".jsonl":
-            if path is None or threshold is not None or model is not None:
-                fail("batch results need --path, and take neither --threshold nor --model", EXIT_USAGE)
+            if path is None or threshold is not None or model is not None or channel_mode is not None:
+                fail("batch results need --path, and take neither --threshold, --model nor --channels", EXIT_USAGE)
             record = find_record(source, path)
             if record["error"] is not None:
                 fail(f"{record['path']} was not scored: {record['error']}", EXIT_INPUT)
@@ -140,9 +181,12 @@ def report(
             if path is not None:
                 fail("--path is for batch results (.jsonl)", EXIT_USAGE)
             threshold = 0.6 if threshold is None else threshold
+            mode = channel_mode or "mix"
+            if mode not in channels.MODES:
+                fail(f"--channels must be one of {', '.join(channels.MODES)}", EXIT_USAGE)
             recording = read_recording(source)
-            record = make_record(str(source), recording, AngerDetector(model, threshold))
-        draw(record, audio.mixdown(recording.samples), recording.rate, threshold, out)
+            record = make_record(str(source), recording, AngerDetector(model, threshold), mode)
+        draw(record, recording.samples, recording.rate, threshold, out)
     except (InputError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0], EXIT_INPUT)
     except ModelError as exc:

@@ -46,6 +46,21 @@ def calm_clip(shared: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def two_channel_call(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16 kHz stereo WAV of real speech in which only one side is angry: channel 0 (the agent) two calm and
+    neutral clips of RAVDESS actor 22, channel 1 (the customer) two angry clips of the same actor."""
+    data = shared / "data"
+    calm = [data / CALM_CLIP, data / "ravdess/Actor_22/03-01-01-01-02-01-22.flac"]
+    angry = [data / ANGRY_CLIP, data / "ravdess/Actor_22/03-01-05-02-02-01-22.flac"]
+    sides = [np.concatenate([sf.read(str(c), dtype="float32")[0] for c in clips]) for clips in (calm, angry)]
+    n = max(len(side) for side in sides)
+    stereo = np.stack([np.pad(side, (0, n - len(side))) for side in sides], axis=1)
+    path = tmp_path_factory.mktemp("call") / "call_stereo.wav"
+    sf.write(str(path), stereo, 16000, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 4 s of synthetic speech at 16 kHz (espeak-ng, converted by sox)."""
     if not (shutil.which("espeak-ng") and shutil.which("sox")):

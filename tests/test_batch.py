@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from anger_stream.batch import CHUNK_BYTES, CHUNK_FILES, chunks, find_recordings, summarise
-from anger_stream.detector import AngerDetector, DetectorConfig
+from anger_stream.detector import AngerDetector
 from anger_stream.events import AngerEnd, AngerStart
 from anger_stream.sources.file import read_file
 
@@ -253,7 +253,7 @@ def test_a_task_that_fails_is_retried_file_by_file(monkeypatch: pytest.MonkeyPat
 
     from anger_stream import batch
 
-    def fake_score_file(path: str, model: str | None, config: DetectorConfig, timeout: float) -> dict:
+    def fake_score_file(path: str, job: batch.Job) -> dict:
         if path == "bad.wav":
             raise RuntimeError("worker died\ntraceback...")
         return {"path": path, "error": None}
@@ -261,7 +261,7 @@ def test_a_task_that_fails_is_retried_file_by_file(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(batch, "score_file", fake_score_file)
     lines: list[dict] = []
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
-        batch.run(client, ["a.wav", "bad.wav", "c.wav"], None, DetectorConfig(), lines.append)
+        batch.run(client, ["a.wav", "bad.wav", "c.wav"], batch.Job(), lines.append)
     by_path = {line["path"]: line for line in lines}
     assert sorted(by_path) == ["a.wav", "bad.wav", "c.wav"] and len(lines) == 3
     assert by_path["bad.wav"]["error"] == "RuntimeError: worker died" and by_path["a.wav"]["error"] is None
@@ -286,14 +286,14 @@ def test_segments_are_the_live_detectors(peak_model: Path) -> None:
 
 @pytest.mark.shared
 def test_real_clips_equal_single_file_score(model: Path) -> None:
-    from anger_stream.batch import score_file
+    from anger_stream.batch import Job, score_file
 
     folder = SHARED / "data" / "ased"
     if not folder.is_dir():
         pytest.skip(f"needs the project's shared data ({folder}; set ANGER_SHARED)")
     detector = AngerDetector(model)
     for path in sorted(folder.glob("angry/*.flac"))[:3]:
-        line = score_file(str(path), str(model), DetectorConfig())
+        line = score_file(str(path), Job(str(model)))
         expected = detector.score(*read_file(path))
         got = np.array([np.nan if p is None else p for p in line["windows"]])
         np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True)
@@ -345,3 +345,37 @@ def test_a_file_past_the_timeout_gets_an_error_line_and_the_job_goes_on(
     lines = read_lines(out)
     assert lines["a_long.wav"]["error"] == f"timed out after 2 s (see --timeout): {archive / 'a_long.wav'}"
     assert lines["b_short.wav"]["error"] is None and len(lines["b_short.wav"]["windows"]) >= 5
+
+
+def test_split_channels_score_each_side_of_a_call(two_channel_call: Path, model: Path, tmp_path: Path) -> None:
+    """Real speech, angry on one channel only: --channels split finds the anger on that channel alone, each
+    channel's windows equal the detector's on that channel by itself; the default mix gives one stream."""
+    out = tmp_path / "split.jsonl"
+    args = ["--workers", "1", "--model", str(model)]
+    proc = run_cli("batch", str(two_channel_call), "--out", str(out), "--channels", "split", *args)
+    assert proc.returncode == 0, proc.stderr
+    line = read_lines(out)["call_stereo.wav"]
+    assert line["windows"] is None and line["segments"] is None and line["angry_share"] is None
+    agent, customer = line["channels"]
+    assert (agent["channel"], customer["channel"]) == (0, 1)
+    assert agent["segments"] == [] and agent["p_max"] < 0.6
+    assert customer["segments"] and customer["p_max"] > 0.9 and line["p_max"] == customer["p_max"]
+    stereo, rate = sf.read(str(two_channel_call), dtype="float32")
+    detector = AngerDetector(model)
+    for side in (agent, customer):
+        expected = detector.score(stereo[:, side["channel"]], rate)
+        got = np.array([np.nan if p is None else p for p in side["windows"]])
+        np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True)
+    mixed = tmp_path / "mix.jsonl"
+    proc = run_cli("batch", str(two_channel_call), "--out", str(mixed), *args)
+    assert proc.returncode == 0, proc.stderr
+    line = read_lines(mixed)["call_stereo.wav"]
+    assert line["channels"] is None
+    np.testing.assert_allclose(
+        np.array([np.nan if p is None else p for p in line["windows"]]),
+        detector.score(stereo.mean(axis=1), rate),
+        atol=1e-6,
+        equal_nan=True,
+    )
+    proc = run_cli("batch", str(two_channel_call), "--out", str(tmp_path / "x.jsonl"), "--channels", "left")
+    assert proc.returncode == 2 and "--channels must be one of mix, split" in proc.stderr

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from anger_stream.batch import score_file
-from anger_stream.detector import DetectorConfig
-from anger_stream.report import SIZE_PX, summary_line
+from anger_stream.batch import Job, score_file
+from anger_stream.report import SIZE_PX, figure_size, summary_line
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CLI = str(Path(sys.executable).parent / "anger-stream")
@@ -24,9 +23,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60)
 
 
-def assert_png(path: Path) -> None:
+def assert_png(path: Path, size: tuple[int, int] = SIZE_PX) -> None:
     image = imread(path)
-    assert image.shape[:2] == (SIZE_PX[1], SIZE_PX[0])
+    assert image.shape[:2] == (size[1], size[0])
     assert image[..., :3].std() > 0.05  # something was drawn
 
 
@@ -51,9 +50,9 @@ def test_recording_renders_png(call: Path, model: Path, tmp_path: Path) -> None:
 
 def test_batch_line_renders_png(call: Path, model: Path, tmp_path: Path) -> None:
     results = tmp_path / "results.jsonl"
-    line = score_file(str(call), str(model), DetectorConfig())
+    line = score_file(str(call), Job(str(model)))
     results.write_text(
-        json.dumps(score_file(str(call.with_name("raw.wav")), str(model), DetectorConfig())) + "\n" + json.dumps(line)
+        json.dumps(score_file(str(call.with_name("raw.wav")), Job(str(model)))) + "\n" + json.dumps(line)
     )
     out = tmp_path / "from_batch.png"
     proc = run_cli("report", str(results), "--path", "call.wav", "-o", str(out))
@@ -68,7 +67,7 @@ def test_bad_input_is_one_line(call: Path, tmp_path: Path) -> None:
     proc = run_cli("report", str(corrupt), "-o", str(tmp_path / "x.png"))
     assert proc.returncode == 3 and proc.stderr.count("\n") == 1 and "cannot decode" in proc.stderr
     results = tmp_path / "results.jsonl"
-    results.write_text(json.dumps(score_file(str(corrupt), None, DetectorConfig())) + "\n")
+    results.write_text(json.dumps(score_file(str(corrupt), Job(None))) + "\n")
     proc = run_cli("report", str(results), "--path", str(corrupt), "-o", str(tmp_path / "x.png"))
     assert proc.returncode == 3 and "was not scored" in proc.stderr
     proc = run_cli("report", str(results), "-o", str(tmp_path / "x.png"))
@@ -85,3 +84,22 @@ def test_real_recording_renders_png(model: Path, tmp_path: Path) -> None:
     proc = run_cli("report", str(clips[0]), "-o", str(out), "--model", str(model))
     assert proc.returncode == 0, proc.stderr
     assert_png(out)
+
+
+def test_split_call_draws_one_lane_per_channel(two_channel_call: Path, model: Path, tmp_path: Path) -> None:
+    """A recording with --channels split, and a split batch line: two p(anger) lanes, a title per channel."""
+    out = tmp_path / "split.png"
+    proc = run_cli("report", str(two_channel_call), "-o", str(out), "--channels", "split", "--model", str(model))
+    assert proc.returncode == 0, proc.stderr
+    assert_png(out, figure_size(2))
+    line = score_file(str(two_channel_call), Job(str(model), channels="split"))
+    title = summary_line(line)
+    assert title.startswith("call_stereo.wav: ") and "channel 0: " in title and "; channel 1: " in title
+    assert "channel 0: 0% of speech angry" in title
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps(line) + "\n")
+    proc = run_cli("report", str(results), "--path", "call_stereo.wav", "-o", str(tmp_path / "batch.png"))
+    assert proc.returncode == 0, proc.stderr
+    assert_png(tmp_path / "batch.png", figure_size(2))
+    proc = run_cli("report", str(results), "--path", "call_stereo.wav", "-o", str(out), "--channels", "split")
+    assert proc.returncode == 2 and "--channels" in proc.stderr
