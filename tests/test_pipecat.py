@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+import soundfile as sf
 from conftest import read_mono
+from onnx import TensorProto, helper
 from serve_support import assert_same_events
 
 from anger_stream.audio import resample
@@ -18,7 +22,7 @@ from anger_stream.detector import AngerDetector
 pytest.importorskip("pipecat", reason='needs the pipecat extra: pip install -e ".[test]"')
 
 from loguru import logger  # noqa: E402  (after the skip: both come with the extra)
-from pipecat.frames.frames import CancelFrame, InputAudioRawFrame, OutputAudioRawFrame, TextFrame  # noqa: E402
+from pipecat.frames.frames import CancelFrame, ErrorFrame, InputAudioRawFrame, OutputAudioRawFrame, TextFrame  # noqa: E402
 from pipecat.tests.utils import run_test  # noqa: E402
 
 from anger_stream.integrations.pipecat import (  # noqa: E402
@@ -165,6 +169,40 @@ def test_cancel_stops_scoring_without_a_flush(angry_16k: np.ndarray, model: Path
     assert down[-1] is cancel and processor._worker is None  # nothing is pushed after a CancelFrame
 
 
+@pytest.fixture(scope="module")
+def failing_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ONNX model that loads but fails on every window (it reshapes 19200 samples into rows of 7)."""
+    nodes = [
+        helper.make_node("Reshape", ["audio", "rows"], ["grid"]),
+        helper.make_node("ReduceMax", ["grid"], ["p"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "failing",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor("rows", TensorProto.INT64, [2], [-1, 7])],
+    )
+    path = tmp_path_factory.mktemp("model") / "failing.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("seconds", [1.1, None], ids=["only-the-flush-scores", "whole-clip"])
+def test_a_scoring_failure_is_reported_and_the_pipeline_goes_on(
+    angry_16k: np.ndarray, failing_model: Path, seconds: float | None
+) -> None:
+    frames = frames_of(angry_16k[: round(seconds * 16000) if seconds else None], 16000)
+    processor = AngerProcessor(model=failing_model, max_queue=len(frames))
+    down, up = asyncio.run(run_test(processor, frames_to_send=frames))
+    assert list(down) == frames  # every frame passed, and the EndFrame was not held up
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert errors and all("anger detection failed" in e.error for e in errors)
+    if seconds:  # shorter than a window: the one failure is the flush at the EndFrame
+        assert len(errors) == 1
+
+
 def test_missing_extra_names_the_install_command() -> None:
     code = "import sys; sys.modules['pipecat'] = None; import anger_stream.integrations.pipecat"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -172,3 +210,46 @@ def test_missing_extra_names_the_install_command() -> None:
     assert 'ImportError: anger_stream.integrations.pipecat needs Pipecat: pip install "anger-stream[pipecat]"' in (
         proc.stderr
     )
+
+
+AGENT = Path(__file__).resolve().parents[1] / "examples" / "pipecat_agent.py"
+
+
+@pytest.mark.shared
+def test_the_example_agent_tells_the_model_to_de_escalate_an_angry_caller(
+    angry_16k: np.ndarray, calm_clip: Path, tmp_path: Path
+) -> None:
+    angry_wav, calm_wav = tmp_path / "angry.wav", tmp_path / "calm.wav"
+    sf.write(angry_wav, angry_16k, 16000)
+    x, rate = read_mono(calm_clip)
+    sf.write(calm_wav, int16(resample(x, rate, 8000)), 8000)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(AGENT), str(wav)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for wav in (angry_wav, calm_wav)
+    ]  # both calls at once: each plays its caller in real time
+    (angry_out, angry_err), (calm_out, calm_err) = (p.communicate(timeout=120) for p in procs)
+    assert [p.returncode for p in procs] == [0, 0], angry_err + calm_err
+    angry = [json.loads(line) for line in angry_out.splitlines()]
+    assert [o["type"] for o in angry] == ["anger_start", "llm_instruction", "llm_instruction", "anger_end"]
+    assert angry[0] == {"type": "anger_start", "t": 1.8, "p": angry[0]["p"], "onset": 0.6}
+    assert "You are the customer service agent" in angry[1]["content"]  # the system prompt, then the order
+    assert "De-escalate" in angry[2]["content"] and "human agent" in angry[2]["content"]
+    assert angry[3]["t"] == pytest.approx(len(angry_16k) / 16000, abs=1e-3)  # closed at the end of the call
+    assert calm_out == ""  # a calm caller: the model is never asked anything
+
+
+def test_the_example_agent_reports_a_bad_file_and_a_missing_extra(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really")
+    proc = subprocess.run([sys.executable, str(AGENT), str(bad)], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (3, "")
+    assert proc.stderr.splitlines()[-1].startswith(f"pipecat_agent: error: cannot read {bad}")
+    code = (
+        "import runpy, sys; sys.modules['pipecat'] = None; "
+        f"sys.argv = ['agent', {str(bad)!r}]; runpy.run_path({str(AGENT)!r}, run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert 'pip install "anger-stream[pipecat]"' in proc.stderr

@@ -20,6 +20,7 @@ audio, as in the JSON schema (`to_dict()`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -134,19 +135,24 @@ class AngerProcessor(FrameProcessor):
             self._dropping = True
 
     async def _score_queued(self) -> None:
-        """The worker: score whatever audio is queued, in a thread, and push the resulting frames."""
-        loop = asyncio.get_running_loop()
+        """The worker: score whatever audio is queued and push the resulting frames."""
         while True:
             chunks = [await self._queue.get()]
             while not self._queue.empty():
                 chunks.append(self._queue.get_nowait())
             try:
-                await self._push_events(await loop.run_in_executor(None, self._feed, chunks))
-            except Exception as exc:  # keep scoring later audio; the pipeline hears of the failure
-                await self.push_error(f"anger detection failed: {exc}", exception=exc)
+                await self._push_events(await self._off_loop(self._feed, chunks))
             finally:
                 for _ in chunks:
                     self._queue.task_done()
+
+    async def _off_loop(self, score: Callable[..., list[Event]], *args: object) -> list[Event]:
+        """Run a detector call in a thread; a failure becomes an ErrorFrame and no events, and scoring goes on."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, score, *args)
+        except Exception as exc:
+            await self.push_error(f"anger detection failed: {exc}", exception=exc)
+            return []
 
     def _feed(self, chunks: list[tuple[np.ndarray, int]]) -> list[Event]:
         """Feed queued audio to the detector (runs in a thread). A change of rate ends the stream there."""
@@ -169,9 +175,8 @@ class AngerProcessor(FrameProcessor):
         await self._stop()
         if self.dropped:
             logger.warning(f"{self}: {self.dropped} input audio frames were not scored (scoring was behind)")
-        events = await asyncio.get_running_loop().run_in_executor(None, self.detector.flush)
         self._rate = None
-        await self._push_events(events)
+        await self._push_events(await self._off_loop(self.detector.flush))
 
     async def _stop(self) -> None:
         if self._worker is not None:
