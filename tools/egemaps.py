@@ -20,7 +20,7 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,16 @@ from sklearn.preprocessing import StandardScaler
 
 from anger_stream import audio
 from anger_stream.model import AngerModel, ModelError
-from tools.evaluate import WindowSet, iter_windows, load_clips, plot_roc, report, score_models, write_json
+from tools.evaluate import (
+    WindowSet,
+    iter_windows,
+    join,
+    load_clips,
+    plot_roc,
+    report,
+    score_models,
+    write_json,
+)
 from tools.manifest import Clip
 
 
@@ -40,17 +49,26 @@ def window_features(clips: list[Clip], telephone: bool, level: bool) -> tuple[Wi
 
     level=False scales each window to the network's -20 dBFS RMS first (no absolute-level cue).
     """
+    windows = WindowSet(clips)
+    features, per_window = segment_features(iter_windows(windows, telephone), level)
+    return windows, features, per_window
+
+
+def segment_features(segments: Iterable[np.ndarray], level: bool) -> tuple[np.ndarray, float]:
+    """eGeMAPS functionals of raw segments: (features [n, 88], seconds per segment).
+
+    level=False scales each segment to the network's -20 dBFS RMS first (no absolute-level cue).
+    """
     smile = opensmile.Smile(
         feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals
     )
-    windows = WindowSet(clips)
     start = time.perf_counter()
     rows = [
         smile.process_signal(s if level else audio.normalise(s) / audio.FULL_SCALE, audio.SAMPLE_RATE).to_numpy()[0]
-        for s in iter_windows(windows, telephone)
+        for s in segments
     ]
     per_window = (time.perf_counter() - start) / max(len(rows), 1)
-    return windows, np.array(rows, dtype=np.float64).reshape(-1, 88), per_window
+    return np.array(rows, dtype=np.float64).reshape(-1, 88), per_window
 
 
 def cached_features(
@@ -82,12 +100,7 @@ def cached_features(
 
 def merge(parts: Sequence[tuple[WindowSet, np.ndarray, float]]) -> tuple[WindowSet, np.ndarray]:
     """Concatenate per-manifest windows and features into one set."""
-    merged = WindowSet([])
-    for windows, _, _ in parts:
-        merged.clip_index += [i + len(merged.clips) for i in windows.clip_index]
-        merged.clips += windows.clips
-        merged.n_gated += windows.n_gated
-    return merged, np.concatenate([f for _, f, _ in parts])
+    return join([windows for windows, _, _ in parts]), np.concatenate([f for _, f, _ in parts])
 
 
 def fit(features: np.ndarray, labels: np.ndarray) -> Pipeline:

@@ -19,7 +19,7 @@ import json
 import math
 import shlex
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,10 +78,27 @@ class WindowSet:
         return np.array([self.clips[i].corpus for i in self.clip_index])
 
 
+def join(parts: Sequence[WindowSet]) -> WindowSet:
+    """Several window sets as one (their clip lists concatenated)."""
+    joined = WindowSet([])
+    for windows in parts:
+        joined.clip_index += [i + len(joined.clips) for i in windows.clip_index]
+        joined.clips += windows.clips
+        joined.n_gated += windows.n_gated
+    return joined
+
+
 def iter_windows(windows: WindowSet, telephone: bool = False) -> Iterator[np.ndarray]:
     """Yield the raw segments of every clip in `windows.clips`, recording their clips and the gated count."""
-    for i, clip in enumerate(windows.clips):
-        segments, gated = clip_segments(clip, telephone)
+    signals = (load_audio(clip.path) for clip in windows.clips)
+    yield from iter_segments(windows, (telephone_channel(x) for x in signals) if telephone else signals)
+
+
+def iter_segments(windows: WindowSet, signals: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Yield the gated run-time segments of each 16 kHz signal (one per clip of `windows.clips`, in order),
+    recording their clips and the gated count."""
+    for i, x in enumerate(signals):
+        segments, gated = gated_segments(x)
         windows.n_gated += gated
         for segment in segments:
             windows.clip_index.append(i)
@@ -93,6 +110,11 @@ def score_models(
 ) -> tuple[WindowSet, list[np.ndarray]]:
     """Score every non-silent window of the clips with each model (batched); returns windows and scores."""
     windows = WindowSet(clips)
+    return windows, score_segments(models, iter_windows(windows, telephone))
+
+
+def score_segments(models: Sequence[AngerModel], segments: Iterable[np.ndarray]) -> list[np.ndarray]:
+    """Each model's p for every raw segment, prepared as at run time (batched)."""
     scores: list[list[np.ndarray]] = [[] for _ in models]
     batch: list[np.ndarray] = []
 
@@ -102,13 +124,13 @@ def score_models(
             out.append(model.predict(prepared))
         batch.clear()
 
-    for segment in iter_windows(windows, telephone):
+    for segment in segments:
         batch.append(audio.prepare_window(segment, WINDOW))
         if len(batch) == BATCH:
             flush()
     if batch:
         flush()
-    return windows, [np.concatenate(s) if s else np.zeros(0, np.float32) for s in scores]
+    return [np.concatenate(s) if s else np.zeros(0, np.float32) for s in scores]
 
 
 def utterance_scores(windows: WindowSet, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
