@@ -161,14 +161,21 @@ def test_babble_is_other_speakers(manifests: list[Path]) -> None:
 
 
 def test_baseline_beside_the_network(manifests: list[Path], peak_model: Path, tmp_path: Path) -> None:
-    """Both eGeMAPS variants, trained on the train split's clean windows, scored on the channel's windows."""
+    """Both eGeMAPS variants, trained on the train split's clean windows, scored on the channel's windows
+    (in one of the two channels: --egemaps-channel)."""
     names = ["speech at -30 dBFS"]
     args = ["--model", str(peak_model), "--cache", str(tmp_path / "c"), "--egemaps-cache", str(tmp_path / "e")]
-    args += ["--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]
-    robustness.main(
-        args + [a for m in manifests for a in ("--manifest", str(m))] + [a for n in names for a in ("--channel", n)]
-    )
+    args += ["--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"), "--channel", "clean"]
+    args += [a for m in manifests for a in ("--manifest", str(m))] + [
+        "--channel",
+        names[0],
+        "--egemaps-channel",
+        names[0],
+    ]
+    robustness.main(args)
     result = json.loads((tmp_path / "r.json").read_text())
+    assert result["results"]["mine"]["clean"]["egemaps"] == {}
+    assert result["results"]["mine"][names[0]]["egemaps"]["raw"]["delta_auroc"] is None
     assert list(result["baselines"]) == ["normalised", "raw"] and result["main_baseline"] == "normalised"
     train = load_clips([manifests[0]], "train")
     n_train = sum(len(gated_segments(load_audio(c.path))[0]) for c in train)
@@ -187,7 +194,7 @@ def test_baseline_beside_the_network(manifests: list[Path], peak_model: Path, tm
                 assert reported["egemaps"][variant]["auroc"] == pytest.approx(metrics.auroc(y, b))
                 p = metrics.delong_test(y, net, b)[2]
                 assert reported["models"][str(peak_model)]["p_vs_egemaps"][variant] == pytest.approx(p)
-    assert "eGeMAPS (normalised)" in (tmp_path / "r.md").read_text()
+    assert "/ eGeMAPS normalised;" in (tmp_path / "r.md").read_text()
 
 
 @pytest.mark.parametrize(

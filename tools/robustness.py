@@ -291,7 +291,8 @@ def add_deltas(results: dict) -> None:
         for entry in by_channel.values():
             for group in ("models", "egemaps"):
                 for name, r in entry[group].items():
-                    r["delta_auroc"] = None if clean is None else r["auroc"] - clean[group][name]["auroc"]
+                    reference = None if clean is None else clean[group].get(name)
+                    r["delta_auroc"] = None if reference is None else r["auroc"] - reference["auroc"]
 
 
 def run(
@@ -301,8 +302,10 @@ def run(
     variants: Sequence[str],
     cache: Path,
     egemaps_cache: Path,
+    baseline_names: Sequence[str] | None = None,
 ) -> dict:
-    """Every set through every named channel, scored by the models and baselines: the `results` of the JSON."""
+    """Every set through every named channel, scored by the models and (in `baseline_names`, default all) the
+    baselines: the `results` of the JSON."""
     models = [AngerModel(p) for p in model_paths]
     thresholds = {
         str(p): {k: float(v) for k, v in m.meta_json("thresholds", {}).items()}
@@ -312,9 +315,10 @@ def run(
     babble = Babble(sets)
     fitted = fit_baselines(manifests, variants, egemaps_cache) if variants else {}
     caches = [ChannelCache(cache, name) for name in names]
+    with_baseline = set(names if baseline_names is None else baseline_names)
     for variant in variants:  # all features of the main variant first: they are the slow part
         for ch in caches:
-            for test_set in sets:
+            for test_set in sets if ch.name in with_baseline else ():
                 ch.features(test_set, variant, channel_windows(ch, test_set, babble)[1])
     results: dict[str, dict[str, dict]] = {s.name: {} for s in sets} | {ALL: {}}
     for ch in caches:
@@ -322,7 +326,10 @@ def run(
         for test_set in sets:
             windows, segments = channel_windows(ch, test_set, babble)
             scores = dict(zip(map(str, model_paths), score_segments(models, segments), strict=True))
-            base = {v: fitted[v][0].predict_proba(ch.features(test_set, v, segments))[:, 1] for v in variants}
+            base = {
+                v: fitted[v][0].predict_proba(ch.features(test_set, v, segments))[:, 1]
+                for v in (variants if ch.name in with_baseline else ())
+            }
             parts.append((windows, scores, base))
             results[test_set.name][ch.name] = evaluate_set(windows, scores, base, thresholds)
         if len(parts) > 1:
@@ -360,56 +367,55 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+def _bold(text: str, on: bool) -> str:
+    return f"**{text}**" if on else text
+
+
+def _auroc_cell(entry: dict, model: str, variant: str | None) -> str:
+    """'network (change from clean) / baseline', the significantly better one (DeLong p < 0.05) in bold."""
+    net = entry["models"][model]
+    text = f"{net['auroc']:.3f}"
+    delta = "" if net["delta_auroc"] is None else f" ({net['delta_auroc']:+.3f})"
+    base = entry["egemaps"].get(variant) if variant else None
+    if base is None:
+        return text + delta
+    significant = net["p_vs_egemaps"][variant] < 0.05
+    better = net["auroc"] > base["auroc"]
+    base_text = _bold(f"{base['auroc']:.3f}", significant and not better)
+    return f"{_bold(text, significant and better)}{delta} / {base_text}"
+
+
 def markdown(result: dict) -> str:
-    """Tables for the model card: per model, AUROC (change from clean) beside the baselines, and the rates at
-    the metadata thresholds."""
+    """Tables for the model card, per model: window AUROC (change from clean) beside each eGeMAPS variant,
+    and FPR / TPR at each metadata threshold."""
     results = result["results"]
     corpora = [s for s in results if s != ALL]
     names = list(next(iter(results.values())))
     lines = [f"Command: `{result['command']}`", ""]
     for model in result["models"]:
-        lines += [f"### {model}: window AUROC (change from clean)", ""]
-        rows = []
-        for ch in names:
-            cells = []
-            for s in corpora:
-                r = results[s][ch]["models"][model]
-                cells.append(
-                    f"{r['auroc']:.3f} ({r['delta_auroc']:+.3f})"
-                    if r["delta_auroc"] is not None
-                    else f"{r['auroc']:.3f}"
-                )
-            rows.append([ch, *cells])
-        lines += _table(["channel", *map(_title, corpora)], rows) + [""]
-        for variant in result["baselines"]:
-            lines += [f"### eGeMAPS ({variant}) window AUROC, and DeLong p of {Path(model).name} against it", ""]
-            rows = []
-            for ch in names:
-                cells = []
-                for s in corpora:
-                    r = results[s][ch]
-                    b, net = r["egemaps"][variant], r["models"][model]
-                    mark = ">" if net["auroc"] > b["auroc"] else "<"
-                    cells.append(f"{b['auroc']:.3f} (net {mark}, p = {_p(net['p_vs_egemaps'][variant])})")
-                rows.append([ch, *cells])
-            lines += _table(["channel", *map(_title, corpora)], rows) + [""]
-        for threshold_name in result["thresholds"][model]:
-            t = result["thresholds"][model][threshold_name]
-            lines += [f"### {model}: FPR / TPR at the metadata threshold for {threshold_name} FPR (p >= {t:.3f})", ""]
-            rows = []
-            for ch in names:
-                cells = []
-                for s in results:
-                    r = results[s][ch]["models"][model]["at_thresholds"][threshold_name]
-                    cells.append(f"{100 * r['fpr']:.1f} % / {100 * r['tpr']:.1f} %")
-                rows.append([ch, *cells])
+        for variant in result["baselines"] or [None]:
+            title = f"### {model}: window AUROC (change from clean)"
+            if variant:
+                title += f" / eGeMAPS {variant}; bold: better by DeLong p < 0.05"
+            rows = [[ch, *(_auroc_cell(results[s][ch], model, variant) for s in corpora)] for ch in names]
+            lines += [title, "", *_table(["channel", *map(_title, corpora)], rows), ""]
+        for key, t in result["thresholds"][model].items():
+            lines += [f"### {model}: FPR / TPR at the metadata threshold for {key} FPR (p >= {t:.3f})", ""]
+            rows = [
+                [ch]
+                + [
+                    "{fpr:.1%} / {tpr:.1%}".format(**results[s][ch]["models"][model]["at_thresholds"][key])
+                    for s in results
+                ]
+                for ch in names
+            ]
             lines += _table(["channel", *map(_title, results)], rows) + [""]
     return "\n".join(lines)
 
 
 def figure(result: dict, path: Path) -> None:
-    """Per corpus and channel: window AUROC of each model and baseline, and the FPR at each model's middle
-    metadata threshold."""
+    """Per corpus and channel: window AUROC of each model and of the main baseline, and the FPR and TPR at each
+    model's middle metadata threshold (5 % for the shipped model)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -420,34 +426,40 @@ def figure(result: dict, path: Path) -> None:
     names = list(next(iter(results.values())))
     x = np.arange(len(names))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, 0.6 * len(names) + 3), 8.5), sharex=True)
-    styles = [("-", "o")] + [(":", "s"), ("-.", "^"), ("--", "v")] * len(result["models"])
-    for (line, marker), model in zip(styles, result["models"], strict=False):
-        label = Path(model).stem
-        first_threshold = list(result["thresholds"][model])
-        middle = first_threshold[len(first_threshold) // 2] if first_threshold else None
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(max(8.0, 0.6 * len(names) + 3), 11), sharex=True)
+    styles = [("-", "o"), (":", "s"), ("-.", "^"), ("--", "v")]
+    for i, model in enumerate(result["models"]):
+        line, marker = styles[i % len(styles)]
+        keys = list(result["thresholds"][model])
+        key = keys[len(keys) // 2] if keys else None
         for colour, s in zip(colours, corpora, strict=False):
-            ys = [results[s][ch]["models"][model]["auroc"] for ch in names]
-            top.plot(x, ys, line, marker=marker, color=colour, label=f"{label}, {_title(s)}")
-            if middle is not None:
-                fp = [100 * results[s][ch]["models"][model]["at_thresholds"][middle]["fpr"] for ch in names]
-                bottom.plot(x, fp, line, marker=marker, color=colour, label=f"{label}, {_title(s)}")
-        if middle is not None:
-            bottom.axhline(100 * float(middle), color="grey", linewidth=1)
-            bottom.set_ylabel(f"FPR (%) at the {middle} FPR metadata threshold")
+            entries = [results[s][ch]["models"][model] for ch in names]
+            label = f"{Path(model).stem}, {_title(s)}"
+            top.plot(x, [e["auroc"] for e in entries], line, marker=marker, color=colour, label=label)
+            if key is not None:
+                for ax, rate in ((middle, "fpr"), (bottom, "tpr")):
+                    ys = [100 * e["at_thresholds"][key][rate] for e in entries]
+                    ax.plot(x, ys, line, marker=marker, color=colour, label=label)
+        if key is not None and i == 0:
+            middle.axhline(100 * float(key), color="grey", linewidth=1)
+            middle.set_ylabel(f"FPR (%) at the {key} FPR threshold")
+            bottom.set_ylabel(f"TPR (%) at the {key} FPR threshold")
     if MAIN_BASELINE in result["baselines"]:
         for colour, s in zip(colours, corpora, strict=False):
-            ys = [results[s][ch]["egemaps"][MAIN_BASELINE]["auroc"] for ch in names]
-            top.plot(x, ys, "--", marker="x", color=colour, alpha=0.6, label=f"eGeMAPS {MAIN_BASELINE}, {_title(s)}")
+            base = [results[s][ch]["egemaps"].get(MAIN_BASELINE) for ch in names]
+            ys = [np.nan if b is None else b["auroc"] for b in base]
+            label = f"eGeMAPS {MAIN_BASELINE}, {_title(s)}"
+            top.plot(x, ys, "--", marker="x", color=colour, alpha=0.6, label=label)
     top.set_ylabel("window AUROC")
     top.axhline(0.5, color="grey", linewidth=1, linestyle=":")
     top.legend(fontsize=7, ncol=2)
-    top.grid(alpha=0.3)
-    bottom.set_yscale("log")
-    bottom.grid(alpha=0.3, which="both")
-    bottom.legend(fontsize=7, ncol=2)
+    middle.set_yscale("symlog", linthresh=1.0)
+    middle.set_ylim(0, 100)
+    bottom.set_ylim(0, 100)
+    for ax in (top, middle, bottom):
+        ax.grid(alpha=0.3, which="both")
     bottom.set_xticks(x, names, rotation=45, ha="right")
-    fig.suptitle("window AUROC and false positives per channel (test speakers)")
+    fig.suptitle("test speakers through each channel: window AUROC, false and true positives")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -468,6 +480,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=[*BASELINES, "none"],
         help="baseline variants (default: normalised and raw; 'none' skips the baseline)",
     )
+    parser.add_argument(
+        "--egemaps-channel",
+        action="append",
+        choices=channels.SUITE_NAMES,
+        help="score the baseline in these channels only (repeatable; default: every channel)",
+    )
     parser.add_argument("--cache", type=Path, default=Path("runs/robustness-cache"), help="perturbed audio, features")
     parser.add_argument("--egemaps-cache", type=Path, default=Path("runs/egemaps-cache"), help="train features")
     return parser.parse_args(argv)
@@ -485,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "split": "test",
             "channels": names,
             "main_baseline": MAIN_BASELINE if MAIN_BASELINE in variants else None,
-            **run(args.model, args.manifest, names, variants, args.cache, args.egemaps_cache),
+            **run(args.model, args.manifest, names, variants, args.cache, args.egemaps_cache, args.egemaps_channel),
         }
     except (ModelError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
