@@ -318,13 +318,14 @@ def run(
 
 
 @contextmanager
-def progress_bar(total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """A rich progress bar on stderr: recordings, audio hours, speed in x real time. Yields `advance`."""
+def progress_bar(total: int, label: str = "batch") -> Iterator[Callable[[float], None]]:
+    """A rich progress bar on stderr: recordings, audio hours, speed in x real time. Yields `advance`, called
+    with each finished recording's duration in seconds."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (
-        TextColumn("[bold]batch"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("recordings, {task.fields[hours]:.2f} h audio, {task.fields[speed]:.0f}x real time"),
@@ -332,11 +333,11 @@ def progress_bar(total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
     )
     start, audio_s = time.monotonic(), 0.0
     with Progress(*columns, console=Console(stderr=True)) as progress:
-        task = progress.add_task("batch", total=total, hours=0.0, speed=0.0)
+        task = progress.add_task(label, total=total, hours=0.0, speed=0.0)
 
-        def advance(line: dict[str, Any]) -> None:
+        def advance(seconds: float) -> None:
             nonlocal audio_s
-            audio_s += line["duration"] or 0.0
+            audio_s += seconds
             speed = audio_s / max(time.monotonic() - start, 1e-9)
             progress.update(task, advance=1, hours=audio_s / 3600, speed=speed)
 
@@ -421,7 +422,7 @@ def batch(
                 warned += line["warning"] is not None
                 sink.write(json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
                 sink.flush()
-                advance(line)
+                advance(line["duration"] or 0.0)
 
             run(client, todo, job, write, stop.is_set)
     except KeyboardInterrupt:

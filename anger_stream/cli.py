@@ -19,6 +19,7 @@ import typer
 
 from . import audio
 from .batch import batch
+from .calibrate import calibrate_command
 from .detector import AngerDetector
 from .events import AngerStart, Event, Status, Window, to_json
 from .model import ModelError
@@ -45,6 +46,7 @@ app = typer.Typer(
 )
 for command in (batch, report, serve):
     app.command()(command)
+app.command("calibrate")(calibrate_command)
 
 
 class Stop(Exception):

@@ -1,4 +1,4 @@
-"""tools.metrics against sklearn and a brute-force DeLong written here from the 1988 definition."""
+"""anger_stream.metrics against sklearn and a brute-force DeLong written here from the 1988 definition."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from tools import metrics
+from anger_stream import metrics
 
 
 def _psi(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -97,3 +97,13 @@ def test_bad_input() -> None:
         metrics.auroc([0, 2], [0.2, 0.3])
     with pytest.raises(ValueError, match="3 labels but 2 scores"):
         metrics.auroc([0, 1, 1], [0.2, 0.3])
+
+
+def test_rankdata_matches_scipy() -> None:
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=(3, 200)), 1)  # many ties
+    np.testing.assert_allclose(metrics.rankdata(x, axis=1), rankdata(x, axis=1))
+    np.testing.assert_allclose(metrics.rankdata(x[0]), rankdata(x[0]))
+    np.testing.assert_allclose(metrics.rankdata(x.T, axis=0), rankdata(x.T, axis=0))

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from anger_stream import audio
+from anger_stream import audio, metrics
 from anger_stream.model import AngerModel, ModelError
-from tools import metrics
 from tools.manifest import SPLITS, Clip, load_manifest
 from tools.telephone import telephone as telephone_channel
 

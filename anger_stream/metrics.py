@@ -2,14 +2,31 @@
 
 DeLong et al. (1988) via the fast midrank algorithm of Sun & Xu (2014), IEEE Signal Processing Letters
 21(11): O(n log n) per score vector. Labels are 1 (positive, anger) and 0; higher scores mean anger.
+numpy and the standard library only: `calibrate` uses it at run time, the evaluation tools import it from here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import erfc, sqrt
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import norm, rankdata
+
+
+def rankdata(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Midranks (1-based, ties get the mean of their ranks) along `axis`, as scipy.stats.rankdata."""
+    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)
+    order = np.argsort(x, axis=-1, kind="mergesort")
+    ranked = np.empty_like(x)
+    for index in np.ndindex(x.shape[:-1]):
+        values = x[index][order[index]]
+        bounds = np.flatnonzero(np.diff(values)) + 1  # where a run of equal values begins
+        starts = np.concatenate([[0], bounds])
+        ends = np.concatenate([bounds, [len(values)]])
+        mid = np.repeat((starts + ends + 1) / 2, ends - starts)  # mean of ranks start+1..end
+        ranked[index][order[index]] = mid
+    return np.moveaxis(ranked, -1, axis)
 
 
 def _split(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +68,7 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> float:
 def auroc_ci(y: np.ndarray, scores: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """(AUROC, lower, upper): normal-approximation interval with the DeLong variance, clipped to [0, 1]."""
     aucs, cov = delong(y, scores)
-    half = norm.ppf(0.5 + level / 2) * np.sqrt(max(cov[0, 0], 0.0))
+    half = NormalDist().inv_cdf(0.5 + level / 2) * np.sqrt(max(cov[0, 0], 0.0))
     auc = float(aucs[0])
     return auc, max(auc - half, 0.0), min(auc + half, 1.0)
 
@@ -67,7 +84,7 @@ def delong_test(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> tu
     if var <= 1e-15:
         p = 1.0 if abs(diff) < 1e-12 else 0.0
     else:
-        p = float(2 * norm.sf(abs(diff) / np.sqrt(var)))
+        p = erfc(abs(diff) / np.sqrt(var) / sqrt(2))  # two-sided normal tail
     return float(aucs[0]), float(aucs[1]), p
 
 
