@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from anger_stream import audio
+from anger_stream import audio, metrics
 from anger_stream.model import AngerModel
-from tools import channels, egemaps, metrics, robustness
+from tools import channels, egemaps, robustness
 from tools.evaluate import gated_segments, load_audio, load_clips
 
 SR = 16_000

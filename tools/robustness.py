@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from anger_stream import audio
+from anger_stream import audio, metrics
 from anger_stream.model import AngerModel, ModelError
-from tools import channels, egemaps, metrics
+from tools import channels, egemaps
 from tools.evaluate import (
     WindowSet,
     iter_segments,
