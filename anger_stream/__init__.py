@@ -1,5 +1,6 @@
 """anger-stream: real-time anger detection in speech."""
 
+from .calls import Calls
 from .detector import AngerDetector, DetectorConfig
 from .events import AngerEnd, AngerStart, Event, Status, Window
 from .model import AngerModel, ModelError
@@ -10,6 +11,7 @@ __all__ = [
     "AngerEnd",
     "AngerModel",
     "AngerStart",
+    "Calls",
     "DetectorConfig",
     "Event",
     "ModelError",

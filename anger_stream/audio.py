@@ -1,4 +1,4 @@
-"""Sample-level audio helpers: the one normalisation, levels, windows, mixdown, resampling, G.711.
+"""Sample-level audio helpers: the one normalisation, levels, windows, mixdown, resampling.
 
 Everything here is pure numpy/scipy: training (tools/) and the runtime import the same definitions.
 
@@ -131,28 +131,3 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int = SAMPLE_RATE) -> np.nda
 
     g = gcd(int(rate_in), int(rate_out))
     return resample_poly(x, rate_out // g, rate_in // g).astype(np.float32)
-
-
-def _mulaw_table() -> np.ndarray:
-    """ITU-T G.711 mu-law: byte -> linear sample (16-bit scale)."""
-    u = ~np.arange(256, dtype=np.uint8)
-    t = (((u & 0x0F).astype(np.int32) << 3) + 0x84) << ((u >> 4) & 0x07).astype(np.int32)
-    return np.where(u & 0x80, 0x84 - t, t - 0x84).astype(np.int16)
-
-
-def _alaw_table() -> np.ndarray:
-    """ITU-T G.711 A-law: byte -> linear sample (16-bit scale)."""
-    a = np.arange(256, dtype=np.uint8) ^ 0x55
-    seg = ((a & 0x70) >> 4).astype(np.int32)
-    t = (a & 0x0F).astype(np.int32) << 4
-    t = np.where(seg == 0, t + 8, np.where(seg == 1, t + 0x108, (t + 0x108) << np.maximum(seg - 1, 0)))
-    return np.where(a & 0x80, t, -t).astype(np.int16)
-
-
-G711 = {"mulaw": _mulaw_table(), "alaw": _alaw_table()}
-"""G.711 byte -> 16-bit linear sample, per law."""
-
-
-def decode_g711(data: bytes, law: str) -> np.ndarray:
-    """Decode G.711 bytes ('mulaw' or 'alaw') to float32 in [-1, 1]."""
-    return G711[law][np.frombuffer(data, dtype=np.uint8)].astype(np.float32) / 32768.0

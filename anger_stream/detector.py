@@ -9,7 +9,7 @@ code, so they give identical results.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import gcd
+from math import ceil, gcd
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +116,11 @@ class Windower:
         self._next = 0  # absolute start of the next window
         self.samples = 0  # samples received so far
 
+    @property
+    def next_end(self) -> int:
+        """How many samples the stream must have received for its next window to be complete."""
+        return self._next + self.window
+
     def push(self, x: np.ndarray) -> list[Segment]:
         """Append samples; return the windows that became complete."""
         out: list[Segment] = []
@@ -125,7 +130,7 @@ class Windower:
             self._len += n
             self.samples += n
             x = x[n:]
-            while self._next + self.window <= self._base + self._len:
+            while self.next_end <= self._base + self._len:
                 offset = self._next - self._base
                 out.append(Segment(self._next, self._buf[offset : offset + self.window].copy()))
                 self._next += self.hop
@@ -213,9 +218,16 @@ class Stream:
         self.pending += self.windower.finish()
         self.ended = True
 
-    def take(self) -> list[Segment]:
-        segments, self.pending = self.pending, []
+    def take(self, limit: int | None = None) -> list[Segment]:
+        """The due windows, oldest first: all of them, or at most `limit` (the rest stay due)."""
+        n = len(self.pending) if limit is None else limit
+        segments, self.pending = self.pending[:n], self.pending[n:]
         return segments
+
+    def due_at(self) -> int:
+        """Samples at the stream's own rate it must have received for its next unscored window."""
+        end = self.pending[0].start + self.config.window if self.pending else self.windower.next_end
+        return ceil(end * self.sample_rate / audio.SAMPLE_RATE)
 
     def events(self, segments: list[Segment], probs: np.ndarray, levels: np.ndarray) -> list[Event]:
         """Windows and anger events for scored segments."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -78,6 +79,27 @@ class Status:
 
 
 Event = Window | AngerStart | AngerEnd | Status
+
+
+@dataclass
+class Counts:
+    """What a stream's final status line counts: windows (angry, silent) and anger segments."""
+
+    windows: int = 0
+    angry_windows: int = 0
+    silent_windows: int = 0
+    anger_segments: int = 0
+
+    def add(self, events: Iterable[Event]) -> None:
+        for e in events:
+            if isinstance(e, Window):
+                self.windows += 1
+                self.angry_windows += e.angry
+                self.silent_windows += e.silent
+            self.anger_segments += isinstance(e, AngerStart)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 def to_json(event: Event, **extra: Any) -> str:

@@ -2,10 +2,10 @@
 
     python examples/ivr_prototype.py --audiosocket 127.0.0.1:9092 --persist 3
 
-The telephony server's building blocks (`Hub`, `serve`) run the calls; instead of printing the detector's
-JSON lines, the hub hands them to `Escalation`, which keeps each call's anger state and prints one routing
-decision (a JSON line) when a call has been angry for --persist seconds without a break, and a summary
-when the call ends.
+The telephony server's building blocks (`Calls`, `Hub`, `serve`) run the calls; instead of printing the
+detector's JSON lines, the hub hands the typed events to `Escalation`, which keeps each call's anger state
+and prints one routing decision (a JSON line) when a call has been angry for --persist seconds without a
+break, and a summary when the call ends.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import json
 import sys
 from dataclasses import dataclass
 
+from anger_stream.calls import MAX_WINDOWS_PER_TICK, CallEvent, Calls
 from anger_stream.detector import DetectorConfig
+from anger_stream.events import AngerEnd, AngerStart, Status, Window, to_json
 from anger_stream.model import AngerModel, ModelError
-from anger_stream.serve.hub import Hub, warm_up
+from anger_stream.serve.audiosocket_connection import AudioSocketConnection
+from anger_stream.serve.hub import Hub, ScoringThread
 from anger_stream.serve.server import Listen, ListenError, serve
 from anger_stream.streams import StreamSet
 
@@ -37,31 +40,39 @@ class Escalation:
         self.queue = queue
         self.calls: dict[str, CallState] = {}
 
-    def on_line(self, line: str) -> None:
-        """One JSON line from the hub (the same lines `anger-stream serve` prints)."""
-        event = json.loads(line)
-        call_id = event.get("call")
-        if call_id is None:  # a server line, e.g. where it listens
-            print(line, flush=True)
-            return
+    def on_events(self, events: list[CallEvent]) -> None:
+        """Events from the hub, with their call ids (None: a line about the server, e.g. where it listens)."""
+        for call_id, event in events:
+            if call_id is None:
+                print(to_json(event), flush=True)
+            else:
+                self.on_event(call_id, event)
+
+    def on_event(self, call_id: str, event: object) -> None:
         state = self.calls.setdefault(call_id, CallState())
-        kind = event["type"]
-        if kind == "anger_start":
-            state.angry_since = event["t"]
-        elif kind == "anger_end":
+        if isinstance(event, AngerStart):
+            state.angry_since = event.t
+        elif isinstance(event, AngerEnd):
             state.angry_since = None
-        elif kind == "window" and state.angry_since is not None and not state.escalated:
-            angry_for = event["t_end"] - state.angry_since
+        elif isinstance(event, Window) and state.angry_since is not None and not state.escalated:
+            angry_for = event.t_end - state.angry_since
             if angry_for >= self.persist:
                 state.escalated = True
-                self.decide(call_id, "escalate", t=event["t_end"], queue=self.queue, angry_for=round(angry_for, 2))
-        elif kind == "status" and event["state"] in ("end", "error", "interrupted"):
+                self.decide(
+                    call_id, "escalate", t=round(event.t_end, 3), queue=self.queue, angry_for=round(angry_for, 2)
+                )
+        elif isinstance(event, Status) and event.state in ("end", "error", "interrupted"):
             self.calls.pop(call_id, None)
-            self.decide(call_id, "ended", t=event["t"], state=event["state"], escalated=state.escalated)
+            self.decide(call_id, "ended", t=round(event.t, 3), state=event.state, escalated=state.escalated)
 
     @staticmethod
     def decide(call_id: str, action: str, **details: object) -> None:
         print(json.dumps({"call": call_id, "action": action, **details}), flush=True)
+
+
+def address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)
 
 
 def main() -> None:
@@ -75,14 +86,17 @@ def main() -> None:
     if not (args.audiosocket or args.mediastream):
         args.audiosocket = "127.0.0.1:9092"
     try:
-        listen = [
-            Listen(protocol, address.rpartition(":")[0], int(address.rpartition(":")[2]))
-            for protocol, address in (("audiosocket", args.audiosocket), ("mediastream", args.mediastream))
-            if address
-        ]
-        streams = StreamSet(AngerModel(args.model), DetectorConfig(threshold=args.threshold))
-        warm_up(streams)
-        hub = Hub(streams, Escalation(args.persist).on_line)
+        listen = []
+        if args.audiosocket:
+            listen.append(Listen(AudioSocketConnection, *address(args.audiosocket)))
+        if args.mediastream:
+            from anger_stream.serve.mediastream_connection import MediaStreamConnection  # needs websockets
+
+            listen.append(Listen(MediaStreamConnection, *address(args.mediastream)))
+        config = DetectorConfig(threshold=args.threshold)
+        streams = StreamSet(AngerModel(args.model), config, max_windows=MAX_WINDOWS_PER_TICK)
+        streams.warm_up()
+        hub = Hub(Calls(), ScoringThread(streams), Escalation(args.persist).on_events)
         asyncio.run(serve(hub, listen))
     except (ModelError, ListenError, ValueError) as exc:
         sys.exit(f"ivr_prototype: {exc}")

@@ -195,6 +195,6 @@ def mediastream_call(
 
 def mulaw_roundtrip(samples: np.ndarray) -> np.ndarray:
     """int16 -> mu-law -> float, what the server decodes from `mediastream_call`."""
-    from anger_stream.audio import decode_g711
+    from anger_stream.codec import decode
 
-    return decode_g711(mulaw_encode(samples.astype(np.float32) / 32768.0), "mulaw")
+    return decode(mulaw_encode(samples.astype(np.float32) / 32768.0), "mulaw")

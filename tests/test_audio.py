@@ -1,10 +1,6 @@
-"""The shared sample-level definitions: normalisation, levels, windows, G.711, conversions."""
+"""The shared sample-level definitions: normalisation, levels, windows, conversions."""
 
 from __future__ import annotations
-
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,22 +65,6 @@ def test_prepare_window_pads_then_normalises() -> None:
 def test_to_float_scales_integer_pcm() -> None:
     np.testing.assert_allclose(audio.to_float(np.array([-32768, 0, 16384], np.int16)), [-1, 0, 0.5])
     np.testing.assert_allclose(audio.to_float(np.array([0, 128, 255], np.uint8)), [-1, 0, 127 / 128])
-
-
-@pytest.mark.skipif(not shutil.which("sox"), reason="needs sox to encode reference G.711")
-@pytest.mark.parametrize(("law", "encoding"), [("mulaw", "mu-law"), ("alaw", "a-law")])
-def test_g711_decoding_matches_sox(tmp_path: Path, law: str, encoding: str) -> None:
-    # every one of the 256 codes, as sox decodes them
-    codes = tmp_path / "codes.raw"
-    codes.write_bytes(bytes(range(256)))
-    decoded = tmp_path / "decoded.raw"
-    subprocess.run(
-        ["sox", "-t", "raw", "-r", "8000", "-e", encoding, "-b", "8", "-c", "1", str(codes),
-         "-t", "raw", "-e", "signed", "-b", "16", str(decoded)],
-        check=True,
-    )
-    reference = np.fromfile(decoded, dtype="<i2") / 32768.0
-    np.testing.assert_array_equal(audio.decode_g711(codes.read_bytes(), law), reference.astype(np.float32))
 
 
 def test_resample_uses_exact_ratios() -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from serve_support import audiosocket_call, make_speech
 
+from anger_stream.events import AngerEnd, AngerStart, Status, Window
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ivr_prototype.py"
 
 
@@ -23,27 +25,27 @@ def _load():
     return module
 
 
-def _window(t_end: float, angry: bool) -> str:
-    return json.dumps({"call": "c1", "type": "window", "t_start": t_end - 1.2, "t_end": t_end, "angry": angry})
+def _window(t_end: float, angry: bool) -> tuple[str, Window]:
+    return "c1", Window(t_end - 1.2, t_end, 0.9 if angry else 0.1, angry, -20.0)
 
 
 def test_escalates_once_when_anger_persists(capsys: pytest.CaptureFixture[str]) -> None:
     policy = _load().Escalation(persist=1.5)
-    lines = [
-        _window(1.2, True),
-        json.dumps({"call": "c1", "type": "anger_start", "t": 1.2, "p": 0.9}),
-        _window(1.8, True),
-        json.dumps({"call": "c1", "type": "anger_end", "t": 2.4, "duration": 1.2, "p_max": 0.9}),  # a break
-        _window(3.0, True),
-        json.dumps({"call": "c1", "type": "anger_start", "t": 3.0, "p": 0.9}),
-        _window(3.6, True),
-        _window(4.2, True),  # angry since 3.0: 1.2 s
-        _window(4.8, True),  # 1.8 s: escalate
-        _window(5.4, True),  # only once
-        json.dumps({"call": "c1", "type": "status", "state": "end", "t": 5.5}),
-    ]
-    for line in lines:
-        policy.on_line(line)
+    policy.on_events(
+        [
+            _window(1.2, True),
+            ("c1", AngerStart(1.2, 0.9, 0.0)),
+            _window(1.8, True),
+            ("c1", AngerEnd(2.4, 1.2, 0.9)),  # a break
+            _window(3.0, True),
+            ("c1", AngerStart(3.0, 0.9, 1.8)),
+            _window(3.6, True),
+            _window(4.2, True),  # angry since 3.0: 1.2 s
+            _window(4.8, True),  # 1.8 s: escalate
+            _window(5.4, True),  # only once
+            ("c1", Status("end", 5.5, {"windows": 9})),
+        ]
+    )
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert out == [
         {"call": "c1", "action": "escalate", "t": 4.8, "queue": "agents", "angry_for": 1.8},

@@ -72,8 +72,8 @@ MEDIA = m.media_message("MZf", bytes(160), 1, 0)
 FAULTS: list[tuple[str, str, Callable[[str], tuple[list | bytes, str]], str]] = [
     ("unknown kind", "audiosocket", lambda c: (a.uuid_frame(c) + AUDIO + a.frame(0x42, b"??"), "close"), "0x42"),
     ("long length, stall", "audiosocket", lambda c: (a.uuid_frame(c) + AUDIO + b"\x10\x10\x00" + bytes(99), "stall"),
-     "no data for 1 s"),
-    ("half a header, stall", "audiosocket", lambda c: (a.uuid_frame(c) + AUDIO + b"\x10", "stall"), "no data"),
+     "no audio frame for 1 s"),
+    ("half a header, stall", "audiosocket", lambda c: (a.uuid_frame(c) + AUDIO + b"\x10", "stall"), "no audio frame"),
     ("closed inside a frame", "audiosocket", lambda c: (a.uuid_frame(c) + AUDIO + b"\x10\x01\x40abc", "close"),
      "inside a frame"),
     ("reset inside a frame", "audiosocket", lambda c: (a.uuid_frame(c) + AUDIO + b"\x10\x01", "reset"), ""),
@@ -82,7 +82,8 @@ FAULTS: list[tuple[str, str, Callable[[str], tuple[list | bytes, str]], str]] = 
     ("invalid base64", "mediastream", lambda c: ([m.start_message("MZf", c), MEDIA, json.dumps(
         {"event": "media", "streamSid": "MZf", "media": {"payload": "not base64!"}})], "close"), "base64"),
     ("binary message", "mediastream", lambda c: ([m.start_message("MZf", c), b"\x00\x01"], "close"), "binary"),
-    ("start, stall", "mediastream", lambda c: ([m.start_message("MZf", c), MEDIA], "stall"), "no message for 1 s"),
+    ("start, stall", "mediastream", lambda c: ([m.start_message("MZf", c), MEDIA], "stall"),
+     "no media message for 1 s"),
     ("huge message", "mediastream", lambda c: ([m.start_message("MZf", c), json.dumps(
         {"event": "media", "media": {"payload": base64.b64encode(bytes(90000)).decode()}})], "close"),
      "connection lost"),

@@ -30,7 +30,8 @@ from audiomentations import (
 )
 from scipy import signal
 
-from anger_stream.audio import SAMPLE_RATE, decode_g711, resample
+from anger_stream import codec
+from anger_stream.audio import SAMPLE_RATE, resample
 from tools.telephone import mulaw_encode
 
 SR = SAMPLE_RATE
@@ -109,7 +110,7 @@ def telephone(x: np.ndarray, law: str = "mulaw") -> np.ndarray:
     peak = max(float(np.max(np.abs(narrow))), 1e-9)
     narrow = narrow / max(peak, 1.0)
     if law == "mulaw":
-        coded = decode_g711(mulaw_encode(narrow), "mulaw")
+        coded = codec.decode(mulaw_encode(narrow), "mulaw")
     else:
         coded = _via_soundfile(narrow, NARROW, "WAV", "ALAW")
     return _fit(resample(coded, NARROW, SR), len(x))

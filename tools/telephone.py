@@ -2,14 +2,15 @@
 
 The encoder is ITU-T G.711 mu-law: the Sun/CCITT reference coder on 14-bit samples, rounded from float as
 SoX does (it matches `sox -e mu-law` byte for byte on every 16-bit input). Decoding uses the runtime's table
-(`anger_stream.audio.decode_g711`), so evaluation hears what a mu-law caller would send.
+(`anger_stream.codec.decode`), so evaluation hears what a mu-law caller would send.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from anger_stream.audio import SAMPLE_RATE, decode_g711, resample
+from anger_stream.audio import SAMPLE_RATE, resample
+from anger_stream.codec import decode
 
 TELEPHONE_RATE = 8_000
 _BIAS = 0x84 >> 2  # the mu-law bias on the 14-bit scale
@@ -30,4 +31,4 @@ def mulaw_encode(x: np.ndarray) -> bytes:
 def telephone(x: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
     """Pass mono float audio at `rate` through an 8 kHz mu-law channel; returns float32 at `rate`."""
     narrow = resample(x, rate, TELEPHONE_RATE)
-    return resample(decode_g711(mulaw_encode(narrow), "mulaw"), TELEPHONE_RATE, rate)
+    return resample(decode(mulaw_encode(narrow), "mulaw"), TELEPHONE_RATE, rate)

@@ -3,7 +3,7 @@
 A frame is a 1-byte kind, a 2-byte big-endian payload length and the payload. Asterisk sends the call's
 UUID first, then audio (signed linear 16-bit little-endian mono; 0x10 is 8 kHz, 0x11-0x18 are the higher
 rates of newer res_audiosocket), DTMF digits and possibly an error; closing the socket or a 0x00 frame
-ends the call. Anything else is a `ProtocolError`: the caller closes the connection.
+ends the call. Anything else is an `AudioSocketError`: the caller closes the connection.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ AUDIO_RATES = {
 HEADER = 3
 
 
-class ProtocolError(Exception):
-    """The peer broke the protocol; the connection cannot continue."""
+class AudioSocketError(Exception):
+    """The peer broke the AudioSocket protocol; the connection cannot continue."""
 
 
 class _Need(Enum):
@@ -56,13 +56,9 @@ class Audio:
     pcm: bytes
     sample_rate: int
 
-    @property
-    def samples(self) -> np.ndarray:
-        return np.frombuffer(self.pcm, dtype="<i2")
-
 
 @dataclass(frozen=True)
-class Dtmf:
+class AudioSocketDtmf:
     digit: str
 
 
@@ -78,14 +74,14 @@ class AsteriskError:
     code: int | None
 
 
-Event = CallId | Audio | Dtmf | Hangup | AsteriskError
+AudioSocketEvent = CallId | Audio | AudioSocketDtmf | Hangup | AsteriskError
 
 
 class Parser:
     """Incremental AudioSocket parser for one connection.
 
     `receive_data(b"")` signals end of input. `next_event()` returns an event, NEED_DATA, or raises
-    ProtocolError; after Hangup or AsteriskError the call is over and no more events come.
+    AudioSocketError; after Hangup or AsteriskError the call is over and no more events come.
     """
 
     def __init__(self) -> None:
@@ -108,14 +104,14 @@ class Parser:
         else:
             self._eof = True
 
-    def next_event(self) -> Event | _Need:
+    def next_event(self) -> AudioSocketEvent | _Need:
         if self.done:
             return NEED_DATA
         if len(self._buf) < HEADER or len(self._buf) < HEADER + int.from_bytes(self._buf[1:3], "big"):
             if not self._eof:
                 return NEED_DATA
             if self._buf:
-                raise ProtocolError(f"connection closed inside a frame ({len(self._buf)} bytes pending)")
+                raise AudioSocketError(f"connection closed inside a frame ({len(self._buf)} bytes pending)")
             self.done = True
             return Hangup()
         kind, length = self._buf[0], int.from_bytes(self._buf[1:3], "big")
@@ -123,35 +119,35 @@ class Parser:
         del self._buf[: HEADER + length]
         return self._event(kind, payload)
 
-    def _event(self, kind: int, payload: bytes) -> Event:
+    def _event(self, kind: int, payload: bytes) -> AudioSocketEvent:
         if self._call_id is None and kind not in (UUID, HANGUP, ERROR):
-            raise ProtocolError(f"expected the UUID frame first, got kind 0x{kind:02x}")
+            raise AudioSocketError(f"expected the UUID frame first, got kind 0x{kind:02x}")
         if kind == UUID:
             if self._call_id is not None:
-                raise ProtocolError("a second UUID frame")
+                raise AudioSocketError("a second UUID frame")
             if len(payload) != 16:
-                raise ProtocolError(f"UUID payload of {len(payload)} bytes (expected 16)")
+                raise AudioSocketError(f"UUID payload of {len(payload)} bytes (expected 16)")
             self._call_id = str(uuid.UUID(bytes=payload))
             return CallId(self._call_id)
         if kind in AUDIO_RATES:
             rate = AUDIO_RATES[kind]
             if len(payload) % 2:
-                raise ProtocolError(f"audio payload of {len(payload)} bytes (16-bit samples need an even count)")
+                raise AudioSocketError(f"audio payload of {len(payload)} bytes (16-bit samples need an even count)")
             if self._rate is not None and rate != self._rate:
-                raise ProtocolError(f"sample rate changed from {self._rate} to {rate} Hz within the call")
+                raise AudioSocketError(f"sample rate changed from {self._rate} to {rate} Hz within the call")
             self._rate = rate
             return Audio(payload, rate)
         if kind == DTMF:
             if len(payload) != 1 or not 0x20 < payload[0] < 0x7F:
-                raise ProtocolError("DTMF payload must be one printable ASCII byte")
-            return Dtmf(payload.decode("ascii"))
+                raise AudioSocketError("DTMF payload must be one printable ASCII byte")
+            return AudioSocketDtmf(payload.decode("ascii"))
         if kind == HANGUP:
             self.done = True
             return Hangup()
         if kind == ERROR:
             self.done = True
             return AsteriskError(payload[0] if payload else None)
-        raise ProtocolError(f"unknown frame kind 0x{kind:02x}")
+        raise AudioSocketError(f"unknown frame kind 0x{kind:02x}")
 
 
 def frame(kind: int, payload: bytes = b"") -> bytes:

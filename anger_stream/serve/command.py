@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .. import audio
+from ..events import Event, Window, to_json
+
+if TYPE_CHECKING:
+    from .hub import Sink
 
 DEFAULT_AUDIOSOCKET = "127.0.0.1:9092"
 DEFAULT_MEDIASTREAM = "127.0.0.1:8765"
+
+
+def json_lines(write: Callable[[str], None], events_only: bool) -> Sink:
+    """The sink of `serve`: each event as one JSON line (the call id first), window lines left out if asked."""
+
+    def sink(events: list[tuple[str | None, Event]]) -> None:
+        for call_id, event in events:
+            if not (events_only and isinstance(event, Window)):
+                write(to_json(event) if call_id is None else to_json(event, call=call_id))
+
+    return sink
 
 
 def parse_address(value: str, option: str) -> tuple[str, int]:
@@ -59,11 +75,13 @@ def serve(
     """
     import asyncio
 
+    from ..calls import MAX_WINDOWS_PER_TICK, Calls
     from ..detector import DetectorConfig
     from ..model import AngerModel, ModelError
     from ..stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, StdoutClosed, emit_line, fail
     from ..streams import StreamSet
-    from .hub import Hub, warm_up
+    from .audiosocket_connection import AudioSocketConnection
+    from .hub import Hub, ScoringThread
     from .server import Listen, ListenError
     from .server import serve as run_servers
     from .workers import bind
@@ -76,13 +94,13 @@ def serve(
         )
     listen = []
     if audiosocket is not None:
-        listen.append(Listen("audiosocket", *parse_address(audiosocket, "--audiosocket")))
+        listen.append(Listen(AudioSocketConnection, *parse_address(audiosocket, "--audiosocket")))
     if mediastream is not None:
         try:
-            import websockets  # noqa: F401
+            from .mediastream_connection import MediaStreamConnection
         except ImportError:
             fail("--mediastream needs the websockets package: pip install 'anger-stream[serve]'", EXIT_USAGE)
-        listen.append(Listen("mediastream", *parse_address(mediastream, "--mediastream")))
+        listen.append(Listen(MediaStreamConnection, *parse_address(mediastream, "--mediastream")))
     try:
         config = DetectorConfig(threshold=threshold, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis)
     except ValueError as exc:
@@ -95,9 +113,9 @@ def serve(
     def work(worker: int | None, listen: list[Listen], scorer: AngerModel | None = None) -> None:
         """One server process; a forked worker loads its own model."""
         scorer = scorer or AngerModel(model, threads=1)
-        streams = StreamSet(scorer, config, max_batch=max_batch, workers=threads)
-        warm_up(streams)
-        hub = Hub(streams, emit_line, events_only)
+        streams = StreamSet(scorer, config, max_batch=max_batch, workers=threads, max_windows=MAX_WINDOWS_PER_TICK)
+        streams.warm_up()
+        hub = Hub(Calls(), ScoringThread(streams), json_lines(emit_line, events_only))
         try:
             asyncio.run(run_servers(hub, listen, read_timeout, marks, worker))
         except StdoutClosed:

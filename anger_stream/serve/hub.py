@@ -1,11 +1,11 @@
-"""The hub between connections and the shared StreamSet: buffers each call's audio, ticks the set when
-windows are due, and turns the results into JSON lines.
+"""The hub: an asyncio ticker around the call core.
 
-Connection handlers (server.py, websocket.py) only parse and push audio bytes; the hub pushes a call's
-buffered audio into the set when a window of it is due and runs `tick()` (one batched model call for every
-due window of every call) in a worker thread, so the event loop keeps reading sockets while the model runs.
-Only the worker touches the set while a tick is under way; calls' audio bytes are decoded there too, once
-per tick.
+On the event loop: `Calls` (calls.py), which buffers each call's audio bytes and keeps its books, and
+`Hub`, which wakes when a call has a window due, pauses and resumes reading from calls that are ahead, and
+hands events to the sink. On one scoring thread: `ScoringThread`, the only way to the `StreamSet` (decoding,
+resampling, the model). The two exchange immutable batches (`Feed`s in, `Scored` out), one at a time, so
+no state is shared between the threads. While the model runs, the event loop keeps reading sockets; audio
+arriving meanwhile goes into the next batch, so batches grow with load.
 """
 
 from __future__ import annotations
@@ -13,22 +13,16 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from math import ceil
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
+from ..calls import CallEvent, Calls
+from ..events import Event, Status
+from ..streams import Feed, Scored, StreamSet
 
-from .. import audio
-from ..detector import Stream, score_windows
-from ..events import AngerStart, Event, Status, Window, to_json
-from ..sources import raw
-from ..streams import StreamSet
-
-ENCODINGS = ("s16le", "mulaw", "alaw")
-"""How calls' audio bytes may come: telephony's formats among sources.raw's (their decoding cannot fail)."""
+Sink = Callable[[list[CallEvent]], None]
+"""Where events go: JSON lines on stdout (serve/command.py), or an application's own handler."""
 
 
 def log(message: str) -> None:
@@ -36,113 +30,112 @@ def log(message: str) -> None:
     print(f"anger-stream serve: {message}", file=sys.stderr, flush=True)
 
 
-class DuplicateCall(Exception):
-    """A call id that is already being served."""
+class Reader(Protocol):
+    """What the hub needs of a call's connection for flow control."""
+
+    def hold(self, reason: str) -> None: ...
+
+    def release(self, reason: str) -> None: ...
 
 
-@dataclass
-class Call:
-    """The hub's view of one call: audio waiting for the stream set and what to report at its end."""
+class ScoringThread:
+    """The StreamSet, reachable only through `run`, which scores one batch at a time on a thread of its own."""
 
-    call_id: str
-    sample_rate: int
-    encoding: str  # one of ENCODINGS
-    on_events: Callable[[list[Event]], None] | None
-    chunks: list[bytes] = field(default_factory=list)
-    received: int = 0  # input samples received
-    pushed: int = 0  # input samples handed to the stream set
-    due_at: int = 0  # input samples at which the next window is complete
-    added: bool = False
-    ending: tuple[str, dict[str, Any]] | None = None
-    t_end: float = 0.0
-    counts: dict[str, int] = field(
-        default_factory=lambda: {"windows": 0, "angry_windows": 0, "silent_windows": 0, "anger_segments": 0}
-    )
+    def __init__(self, streams: StreamSet) -> None:
+        self._streams = streams
+        self.hop_s = streams.config.hop_s
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anger-tick")
+
+    async def run(self, feeds: tuple[Feed, ...]) -> Scored:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._streams.run, feeds)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._streams.close()
 
 
 class Hub:
-    """Calls in, JSON lines out: buffers each call's audio and ticks the shared StreamSet when windows are due."""
+    """Calls in, events out: ticks the scoring thread whenever a call has a window due or has ended."""
 
-    def __init__(self, streams: StreamSet, emit: Callable[[str], None], events_only: bool = False) -> None:
-        self.streams = streams
-        self._output = emit
-        self.failure: Exception | None = None  # the output failed (e.g. stdout closed): the server stops
+    def __init__(self, calls: Calls, scoring: ScoringThread, sink: Sink) -> None:
+        self.calls = calls
+        self.scoring = scoring
+        self._sink = sink
+        self.failure: Exception | None = None  # the sink failed (e.g. stdout closed): the server stops
         self.failed = asyncio.Event()
-        self.events_only = events_only
-        self.calls: dict[str, Call] = {}
-        self._ready: dict[str, Call] = {}
+        self._on_events: dict[str, Callable[[list[Event]], None]] = {}
+        self._readers: dict[str, Reader] = {}
+        self._held: dict[str, asyncio.TimerHandle | None] = {}  # calls not being read, and their pace timer
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anger-tick")
         self._warned = -3600.0
+
+    def emit(self, events: list[CallEvent]) -> None:
+        """Hand events to the sink; if it fails, remember why and stop serving (nothing more is emitted)."""
+        if self.failure is not None or not events:
+            return
+        try:
+            self._sink(events)
+        except Exception as exc:  # StdoutClosed, or whatever a custom sink raises
+            self.failure = exc
+            self.failed.set()
+
+    def check_free(self, call_id: str) -> None:
+        self.calls.check_free(call_id)
 
     def open(
         self,
         call_id: str,
         sample_rate: int,
+        encoding: str,
         info: dict[str, Any],
+        reader: Reader,
         on_events: Callable[[list[Event]], None] | None = None,
-        encoding: str = "s16le",
     ) -> None:
-        """Start a call whose audio comes as `encoding` bytes (a start status line); DuplicateCall if the id
-        is being served."""
-        self.check_free(call_id)
-        if encoding not in ENCODINGS:
-            raise ValueError(f"unknown encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
-        call = Call(call_id, sample_rate, encoding, on_events)
-        call.due_at = self._due_at(call, 0)
-        self.calls[call_id] = call
+        """Start a call (its start status line); DuplicateCall if the id is being served. `reader` is paused
+        and resumed to keep the call within its flow-control bounds; `on_events` gets its events too."""
+        events = self.calls.open(call_id, sample_rate, encoding, info, time.monotonic())
+        self._readers[call_id] = reader
+        if on_events is not None:
+            self._on_events[call_id] = on_events
         self._idle.clear()
-        self.emit(to_json(Status("start", 0.0, {"sample_rate": sample_rate, **info}), call=call_id))
-
-    def check_free(self, call_id: str) -> None:
-        """DuplicateCall if a call with this id is being served."""
-        if call_id in self.calls:
-            raise DuplicateCall(f"call id {call_id!r} is already being served")
+        self.emit(events)
 
     def push(self, call_id: str, data: bytes) -> None:
-        """Buffer whole samples of a call's audio, as received; wakes the ticker once a window is complete.
-
-        Nothing is decoded here, on the event loop: the worker decodes each call's audio once per tick.
-        """
-        call = self.calls[call_id]
-        if call.ending is not None or not data:
-            return
-        call.chunks.append(data)
-        call.received += len(data) // raw.FORMATS[call.encoding]
-        if call.received >= call.due_at:
-            self._ready[call_id] = call
+        """Audio bytes of a call as received (whole samples); its reader is held if the call is ahead."""
+        self.calls.receive(call_id, data)
+        if self.calls.due:
             self._wake.set()
+        if call_id not in self._held and self.calls.wait(call_id, time.monotonic()) != 0.0:
+            self._check(call_id)
+
+    def dtmf(self, call_id: str, digit: str) -> None:
+        self.emit(self.calls.dtmf(call_id, digit))
 
     def end(self, call_id: str, state: str, info: dict[str, Any] | None = None) -> None:
-        """End a call: its last windows are scored, then a final status line. Later calls are no-ops."""
-        call = self.calls.get(call_id)
-        if call is None or call.ending is not None:
-            return
-        call.ending = (state, info or {})
-        call.t_end = call.received / call.sample_rate
-        self._ready[call_id] = call
+        """End a call: its last windows are scored, then its final status line. Later calls are no-ops."""
+        self.calls.end(call_id, state, info)
         self._wake.set()
 
-    def emit(self, line: str) -> None:
-        """One output line; if the output fails, remember why and stop serving (no more lines)."""
-        if self.failure is not None:
-            return
-        try:
-            self._output(line)
-        except Exception as exc:  # StdoutClosed, or whatever a custom sink raises
-            self.failure = exc
-            self.failed.set()
-
-    def note(self, call_id: str, status: Status) -> None:
-        """A status line for a call at once (DTMF, an error before the call started)."""
-        self.emit(to_json(status, call=call_id))
-
     def t(self, call_id: str) -> float:
-        """Seconds of audio received for a call."""
-        call = self.calls.get(call_id)
-        return call.received / call.sample_rate if call else 0.0
+        return self.calls.t(call_id)
+
+    def _check(self, call_id: str) -> None:
+        """Hold or release a call's reader as its flow-control bounds say."""
+        timer = self._held.pop(call_id, None)
+        if timer is not None:
+            timer.cancel()
+        reader = self._readers.get(call_id)
+        wait = self.calls.wait(call_id, time.monotonic())
+        if reader is None:
+            return
+        if wait == 0.0:
+            reader.release("flow")
+            return
+        reader.hold("flow")
+        loop = asyncio.get_running_loop()
+        self._held[call_id] = None if wait is None else loop.call_later(wait, self._check, call_id)
 
     async def idle(self) -> None:
         """Wait until every call has ended and been reported."""
@@ -150,79 +143,49 @@ class Hub:
 
     async def run(self) -> None:
         """Tick whenever a call has a window due or has ended (forever)."""
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                ops = [(c, c.chunks, c.ending is not None) for c in self._ready.values()]
-                self._ready = {}
-                for call, _, _ in ops:
-                    call.chunks, call.pushed = [], call.received
+                if not self.calls.due:
+                    continue
+                feeds = self.calls.take()
                 started = time.monotonic()
-                results, samples = await loop.run_in_executor(self._pool, self._work, ops)
-                self._publish(ops, results, samples)
-                self._check_pace(time.monotonic() - started, sum(map(len, results.values())))
+                events = self.calls.settle(await self.scoring.run(feeds))
+                self._check_pace(time.monotonic() - started, len(events))
+                self._publish(events)
+                for call_id in [c for c, timer in self._held.items() if timer is None]:
+                    self._check(call_id)
+                if self.calls.due:
+                    self._wake.set()
         finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.scoring.close()
+
+    def _publish(self, events: list[CallEvent]) -> None:
+        self.emit(events)
+        per_call: dict[str, list[Event]] = {}
+        for call_id, e in events:
+            if call_id in self._on_events:
+                per_call.setdefault(call_id, []).append(e)
+        for call_id, evs in per_call.items():
+            self._on_events[call_id](evs)
+        for call_id in {c for c, _ in events if c not in self.calls and c in self._readers}:  # ended
+            del self._readers[call_id]
+            self._on_events.pop(call_id, None)
+            timer = self._held.pop(call_id, None)
+            if timer is not None:
+                timer.cancel()
+        if not len(self.calls):
+            self._idle.set()
 
     def _check_pace(self, elapsed: float, n_events: int) -> None:
         """Warn (at most once a minute) when scoring takes longer than a hop: latency then keeps growing."""
-        hop = self.streams.config.hop_s
+        hop = self.scoring.hop_s
         if elapsed > hop and time.monotonic() - self._warned > 60:
             self._warned = time.monotonic()
             log(f"falling behind: a tick of {n_events} events took {elapsed:.2f} s (hop {hop:g} s); too many calls")
 
-    def _work(self, ops: list[tuple[Call, list[bytes], bool]]) -> tuple[dict[Hashable, list[Event]], dict]:
-        """In the worker thread: feed the set, end calls, tick. Returns events and 16 kHz samples per call."""
-        samples = {}
-        for call, chunks, ending in ops:
-            if not call.added:
-                self.streams.add(call.call_id, call.sample_rate)
-                call.added = True
-            if chunks:
-                self.streams.push(call.call_id, raw.decode_raw(b"".join(chunks), call.encoding))
-            if ending:
-                self.streams.end(call.call_id)
-            samples[call.call_id] = self.streams.streams[call.call_id].windower.samples
-        return self.streams.tick(), samples
 
-    def _due_at(self, call: Call, samples16: int) -> int:
-        """Input samples needed for the next window after `samples16` samples at 16 kHz."""
-        c = self.streams.config
-        cut = 0 if samples16 < c.window else (samples16 - c.window) // c.hop + 1
-        return ceil((c.window + cut * c.hop) * call.sample_rate / audio.SAMPLE_RATE)
-
-    def _publish(self, ops, results: dict[Hashable, list[Event]], samples: dict) -> None:
-        for call, _, ending in ops:
-            events = results.get(call.call_id, [])
-            call.due_at = self._due_at(call, samples[call.call_id])
-            if not ending and call.ending is None and call.pushed < call.received >= call.due_at:
-                self._ready[call.call_id] = call  # more audio arrived during the tick
-                self._wake.set()
-            for e in events:
-                if isinstance(e, Window):
-                    call.counts["windows"] += 1
-                    call.counts["angry_windows"] += e.angry
-                    call.counts["silent_windows"] += e.silent
-                    if self.events_only:
-                        continue
-                call.counts["anger_segments"] += isinstance(e, AngerStart)
-                self.emit(to_json(e, call=call.call_id))
-            if call.on_events is not None and events:
-                call.on_events(events)
-            if ending:
-                state, info = call.ending
-                self.emit(to_json(Status(state, call.t_end, {**call.counts, **info}), call=call.call_id))
-                del self.calls[call.call_id]
-        if not self.calls:
-            self._idle.set()
-
-
-def warm_up(streams: StreamSet, rates: tuple[int, ...] = (8_000,)) -> None:
-    """Run the model and each resampler once: first runs are slow (allocation, lazy imports), not on a call."""
-    for rate in rates:
-        stream = Stream(streams.config, rate)
-        stream.push(np.full(rate * 2, 0.1, dtype=np.float32))
-        stream.finish()
-        score_windows(streams.model, stream.take(), streams.config)
+def error_line(call_id: str, message: str) -> list[CallEvent]:
+    """The final status of a call that failed before it started."""
+    return [(call_id, Status("error", 0.0, {"error": message}))]

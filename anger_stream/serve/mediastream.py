@@ -3,7 +3,7 @@
 The platform sends `connected`, then one `start` (streamSid, callSid, mediaFormat), `media` messages with
 base64 G.711 audio, `dtmf` and `mark` messages, and a final `stop`. The server may send a `mark` back;
 on a bidirectional stream the platform echoes it (see docs/telephony.md). Anything malformed is a
-`ProtocolError`: the caller closes the connection.
+`MediaStreamError`: the caller closes the connection.
 """
 
 from __future__ import annotations
@@ -14,18 +14,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from ..audio import G711
-
 ENCODINGS = {"audio/x-mulaw": "mulaw", "audio/x-alaw": "alaw"}
-MAX_RATE = 48_000
+RATES = (8_000, 16_000)
+"""Sample rates accepted: Twilio's 8 kHz, and the 16 kHz of wideband platforms (each rate costs its own resampler)."""
 MAX_ID = 128
 """Longest stream or call id accepted (Twilio's SIDs have 34 characters); ids are echoed in every line."""
 
 
-class ProtocolError(Exception):
-    """The peer broke the protocol; the connection cannot continue."""
+class MediaStreamError(Exception):
+    """The peer broke the Media Streams protocol; the connection cannot continue."""
 
 
 @dataclass(frozen=True)
@@ -58,14 +55,9 @@ class Media:
     chunk: int | None
     timestamp_ms: int | None
 
-    @property
-    def samples(self) -> np.ndarray:
-        """The payload decoded to 16-bit linear samples."""
-        return G711[self.law][np.frombuffer(self.payload, dtype=np.uint8)]
-
 
 @dataclass(frozen=True)
-class Dtmf:
+class MediaStreamDtmf:
     digit: str
 
 
@@ -75,17 +67,17 @@ class Mark:
 
 
 @dataclass(frozen=True)
-class Stop:
+class MediaStreamStop:
     """The stream ended."""
 
 
-Event = Connected | Start | Media | Dtmf | Mark | Stop
+MediaStreamEvent = Connected | Start | Media | MediaStreamDtmf | Mark | MediaStreamStop
 
 
 def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = obj.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ProtocolError(f"{where}.{key} is missing or not a {getattr(kind, '__name__', kind)}")
+        raise MediaStreamError(f"{where}.{key} is missing or not a {getattr(kind, '__name__', kind)}")
     return value
 
 
@@ -103,68 +95,68 @@ def _int_or_none(value: Any) -> int | None:
 
 
 class Parser:
-    """One Media Streams connection: `receive(message)` -> event, or ProtocolError. Stops after `stop`."""
+    """One Media Streams connection: `receive(message)` -> event, or MediaStreamError. Stops after `stop`."""
 
     def __init__(self) -> None:
         self.start: Start | None = None
         self.done = False
         self._law = "mulaw"
 
-    def receive(self, message: str | bytes) -> Event:
+    def receive(self, message: str | bytes) -> MediaStreamEvent:
         if self.done:
-            raise ProtocolError("message after stop")
+            raise MediaStreamError("message after stop")
         if not isinstance(message, str):
-            raise ProtocolError("binary WebSocket message (Media Streams messages are JSON text)")
+            raise MediaStreamError("binary WebSocket message (Media Streams messages are JSON text)")
         try:
             msg = json.loads(message)
         except ValueError as exc:
-            raise ProtocolError(f"invalid JSON: {exc}") from None
+            raise MediaStreamError(f"invalid JSON: {exc}") from None
         if not isinstance(msg, dict):
-            raise ProtocolError("message is not a JSON object")
+            raise MediaStreamError("message is not a JSON object")
         event = _get(msg, "event", str, "message")
         if event == "connected":
             return Connected(str(msg.get("protocol", "")))
         if event == "start":
             return self._start(msg)
         if self.start is None:
-            raise ProtocolError(f"{_quote(event)} before 'start'")
+            raise MediaStreamError(f"{_quote(event)} before 'start'")
         sid = msg.get("streamSid")
         if sid is not None and sid != self.start.stream_sid:
-            raise ProtocolError(f"streamSid {_quote(sid)} does not match the stream's {self.start.stream_sid!r}")
+            raise MediaStreamError(f"streamSid {_quote(sid)} does not match the stream's {self.start.stream_sid!r}")
         if event == "media":
             return self._media(_get(msg, "media", dict, "message"))
         if event == "dtmf":
-            return Dtmf(str(_get(_get(msg, "dtmf", dict, "message"), "digit", str, "dtmf")))
+            return MediaStreamDtmf(str(_get(_get(msg, "dtmf", dict, "message"), "digit", str, "dtmf")))
         if event == "mark":
             return Mark(_get(_get(msg, "mark", dict, "message"), "name", str, "mark"))
         if event == "stop":
             self.done = True
-            return Stop()
-        raise ProtocolError(f"unknown event {_quote(event)}")
+            return MediaStreamStop()
+        raise MediaStreamError(f"unknown event {_quote(event)}")
 
     def _start(self, msg: dict[str, Any]) -> Start:
         if self.start is not None:
-            raise ProtocolError("a second 'start'")
+            raise MediaStreamError("a second 'start'")
         start = _get(msg, "start", dict, "message")
         stream_sid = msg.get("streamSid") or start.get("streamSid")
         if not isinstance(stream_sid, str) or not stream_sid:
-            raise ProtocolError("start.streamSid is missing")
+            raise MediaStreamError("start.streamSid is missing")
         fmt = _get(start, "mediaFormat", dict, "start")
         encoding = _get(fmt, "encoding", str, "start.mediaFormat")
         if encoding not in ENCODINGS:
-            raise ProtocolError(f"unsupported encoding {_quote(encoding)} (supported: {', '.join(ENCODINGS)})")
+            raise MediaStreamError(f"unsupported encoding {_quote(encoding)} (supported: {', '.join(ENCODINGS)})")
         rate = _get(fmt, "sampleRate", int, "start.mediaFormat")
-        if not 4000 <= rate <= MAX_RATE:
-            raise ProtocolError(f"unsupported sample rate {rate}")
+        if rate not in RATES:
+            raise MediaStreamError(f"unsupported sample rate {rate} (supported: {', '.join(map(str, RATES))})")
         if fmt.get("channels", 1) != 1:
-            raise ProtocolError(f"only mono streams are supported, not {_quote(fmt.get('channels'))} channels")
+            raise MediaStreamError(f"only mono streams are supported, not {_quote(fmt.get('channels'))} channels")
         call_sid = start.get("callSid", "")
         tracks = start.get("tracks", ["inbound"])
         params = start.get("customParameters") or {}
         if not isinstance(call_sid, str) or not isinstance(tracks, list) or not isinstance(params, dict):
-            raise ProtocolError("start.callSid, start.tracks or start.customParameters has the wrong type")
+            raise MediaStreamError("start.callSid, start.tracks or start.customParameters has the wrong type")
         if len(stream_sid) > MAX_ID or len(call_sid) > MAX_ID:
-            raise ProtocolError(f"streamSid or callSid longer than {MAX_ID} characters")
+            raise MediaStreamError(f"streamSid or callSid longer than {MAX_ID} characters")
         self._law = ENCODINGS[encoding]
         self.start = Start(stream_sid, call_sid, rate, encoding, tuple(map(str, tracks)), params)
         return self.start
@@ -174,7 +166,7 @@ class Parser:
         try:
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ProtocolError(f"media.payload is not valid base64: {exc}") from None
+            raise MediaStreamError(f"media.payload is not valid base64: {exc}") from None
         track = media.get("track", "inbound")
         return Media(
             data,

@@ -1,11 +1,16 @@
-"""asyncio telephony servers around one Hub: Asterisk AudioSocket over TCP, Media Streams over WebSocket.
+"""asyncio telephony servers around one Hub; what every connection does, whatever its protocol.
 
-A connection only parses its protocol and hands audio bytes to the hub (hub.py), which scores every call in
-one shared StreamSet. Connections are asyncio Protocols: each chunk of bytes goes straight into the sans-I/O
-parsers (AudioSocket here, Media Streams in websocket.py), with no task, stream reader or timer per frame (at
-50 frames per second per call, that per-frame machinery is what limits a server). One watchdog task closes
-connections that stop sending.
-Events go to stdout as JSON lines with the call id first; problems with one call go to stderr and end
+A connection (`CallConnection`, one subclass per protocol: audiosocket_connection.py,
+mediastream_connection.py) is an asyncio Protocol: each chunk of bytes goes straight into its sans-I/O
+parser, with no task, stream reader or timer per frame (at 50 frames per second per call, that per-frame
+machinery is what limits a server). It hands audio to the hub, which scores every call in one shared
+StreamSet. The listener's `Listen` names the connection class, so the server knows no protocol by name.
+
+Defences against callers that misbehave, all per connection: at most MAX_EVENTS_PER_TURN frames are handled
+before other connections get a turn; reading pauses while the hub holds the call (audio too far ahead of
+scoring or of real time); a peer that leaves more than MAX_OUTPUT bytes unread is closed; one watchdog
+closes connections that send no complete frame (audio, once the call has started) for --read-timeout
+seconds or whose audio falls below MIN_SPEED times real time. Problems with one call go to stderr and end
 that call only.
 """
 
@@ -18,11 +23,11 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from ..events import Event, Status, to_json
-from . import audiosocket
-from .hub import DuplicateCall, Hub, log
+from ..calls import DuplicateCall
+from ..events import Event, Status
+from .hub import Hub, log
 
 BACKLOG = 1024
 """Pending connections per listening socket (asyncio's default of 100 is short for a burst of calls)."""
@@ -30,183 +35,193 @@ SWITCH_INTERVAL_S = 0.0005
 """The GIL switch interval while serving. The event loop holds the GIL for most of each frame; a scoring
 thread that released it (numpy, the model) waits up to this long to get it back, many times per tick.
 Python's default of 5 ms made ticks crawl (docs/telephony.md has the A/B)."""
+MAX_EVENTS_PER_TURN = 64
+"""Frames or messages one connection handles before the event loop serves the others."""
+MAX_OUTPUT = 1 << 18
+"""Bytes queued for a peer that does not read them (WebSocket pongs, say) before it is closed."""
+MIN_SPEED = 0.5
+"""A call whose audio falls this far behind real time (beyond --read-timeout of slack) is closed."""
 
 
 def peer_name(address: Any) -> str:
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else str(address)
 
 
-@dataclass(eq=False)
-class Connection:
-    """What the server tracks of an open connection: its call, its last sign of life, how to close it."""
+class CallConnection(asyncio.Protocol):
+    """One connection carrying one call. Subclasses parse their protocol in `_feed` and `_step`.
 
-    peer: str
-    call_id: str  # "<protocol>:<peer>" until the protocol names the call
-    close: Callable[[], None]
-    seen: float  # event-loop time of the last data received
-    idle_error: str  # the error reported when the watchdog closes it
-    opened: bool = False  # the hub has the call
-    over: bool = False  # the call has been ended or refused: nothing more is reported
+    The call's life: `name` (the protocol named the call), `open` (its audio format is known), `push`
+    audio, `end` or `fail`. `hold`/`release` pause reading for a reason ("turn": others' turn; "flow": the hub's
+    flow control); reading resumes when no reason is left.
+    """
 
+    protocol: ClassVar[str]  # the name in options, log lines and `listening` lines
+    idle_error: ClassVar[str]  # what the watchdog reports, e.g. "no audio frame"
 
-class Server:
-    """The connection handlers of both protocols, feeding one Hub."""
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.hub = server.hub
+        self.opened = False  # the hub has the call
+        self.over = False  # the call has ended or was refused: nothing more is reported
+        self.eof = False
+        self._holds: set[str] = set()
 
-    def __init__(self, hub: Hub, read_timeout: float = 10.0, marks: bool = False, worker: int | None = None) -> None:
-        self.hub = hub
-        self.read_timeout = read_timeout
-        self.marks = marks
-        self.worker = worker  # this process's index under `serve --workers`, named in each call's start line
-        self.connections: set[Connection] = set()
+    # asyncio.Protocol
 
-    def connect(self, protocol: str, peer: str, close: Callable[[], None]) -> Connection:
-        idle_error = f"no {'data' if protocol == 'audiosocket' else 'message'} for {self.read_timeout:g} s"
-        conn = Connection(peer, f"{protocol}:{peer}", close, asyncio.get_running_loop().time(), idle_error)
-        self.connections.add(conn)
-        return conn
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.peer = peer_name(transport.get_extra_info("peername"))
+        self.call_id = f"{self.protocol}:{self.peer}"  # until the protocol names the call
+        self.seen = self.opened_at = self.loop.time()  # last complete frame (audio once open)
+        transport.set_write_buffer_limits(high=MAX_OUTPUT)
+        self.server.connections.add(self)
 
-    def disconnect(self, conn: Connection) -> None:
-        """The connection is gone: a call still open ends as interrupted."""
-        self.connections.discard(conn)
-        self.end(conn, "interrupted")
+    def data_received(self, data: bytes) -> None:
+        self._feed(data)
+        self._turn()
 
-    def name(self, conn: Connection, call_id: str) -> None:
-        """The protocol named the connection's call; an id already being served is refused at once."""
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._turn()
+        return True  # the connection closes once everything received has been handled
+
+    def pause_writing(self) -> None:
+        """More than MAX_OUTPUT bytes wait for a peer that does not read them."""
+        self.fail(f"the peer does not read what it is sent ({MAX_OUTPUT} bytes waiting)")
+        self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._lost(exc)
+        self.end("interrupted")
+
+    # what each protocol implements
+
+    def _feed(self, data: bytes) -> None:
+        """Keep bytes received for `_step`."""
+        raise NotImplementedError
+
+    def _step(self) -> bool:
+        """Handle one frame or message (or the end of input); False when there is nothing complete to handle."""
+        raise NotImplementedError
+
+    def _lost(self, exc: Exception | None) -> None:
+        """The TCP connection is gone (`exc`: why, if it failed)."""
+
+    def quiet(self) -> bool:
+        """Whether closing this connection now is worth no line (a port probe, an unfinished handshake)."""
+        return False
+
+    def close(self) -> None:
+        """Close the connection (as the protocol does it)."""
+        self.transport.close()
+
+    # reading, in turns
+
+    def _turn(self) -> None:
+        """Handle what has been received, at most MAX_EVENTS_PER_TURN frames, then let the others run."""
+        for _ in range(MAX_EVENTS_PER_TURN):
+            if self._holds or self.transport.is_closing() or not self._step():
+                return
+        self.hold("turn")
+        self.loop.call_soon(self.release, "turn")
+
+    def hold(self, reason: str) -> None:
+        if not self._holds:
+            self.transport.pause_reading()
+        self._holds.add(reason)
+
+    def release(self, reason: str) -> None:
+        if reason not in self._holds:
+            return
+        self._holds.discard(reason)
+        if not self._holds and not self.transport.is_closing():
+            self.seen = self.loop.time()  # not reading was our doing
+            self.transport.resume_reading()
+            self._turn()
+
+    @property
+    def held(self) -> bool:
+        return bool(self._holds)
+
+    # the call
+
+    def saw(self) -> None:
+        """A complete frame arrived that shows the caller is alive (audio, once the call has started)."""
+        self.seen = self.loop.time()
+
+    def name(self, call_id: str) -> None:
+        """The protocol named the call; an id already being served is refused at once."""
         try:
             self.hub.check_free(call_id)
         except DuplicateCall as exc:
-            self._refuse(conn, call_id, exc)
+            self._refuse(call_id, exc)
             return
-        conn.call_id = call_id
+        self.call_id = call_id
 
-    def _refuse(self, conn: Connection, call_id: str, exc: DuplicateCall) -> None:
-        conn.call_id = f"{call_id}@{conn.peer}"  # the other connection owns that id
-        self.fail(conn, str(exc))
+    def _refuse(self, call_id: str, exc: DuplicateCall) -> None:
+        self.call_id = f"{call_id}@{self.peer}"  # the other connection owns that id
+        self.fail(str(exc))
 
     def open(
         self,
-        conn: Connection,
         sample_rate: int,
         encoding: str,
         info: dict[str, Any],
         on_events: Callable[[list[Event]], None] | None = None,
     ) -> None:
-        """Start the connection's call in the hub; a call id already being served (a race with `name`) is refused."""
-        if self.worker is not None:
-            info = {**info, "worker": self.worker}
+        """Start the call in the hub; a call id already being served (a race with `name`) is refused."""
+        if self.server.worker is not None:
+            info = {**info, "worker": self.server.worker}
         try:
-            self.hub.open(conn.call_id, sample_rate, info, on_events, encoding)
+            self.hub.open(self.call_id, sample_rate, encoding, info, self, on_events)
         except DuplicateCall as exc:
-            self._refuse(conn, conn.call_id, exc)
+            self._refuse(self.call_id, exc)
             return
-        conn.opened = True
+        self.opened = True
+        self.opened_at = self.loop.time()
 
-    def end(self, conn: Connection, state: str = "end", info: dict[str, Any] | None = None) -> None:
+    def push(self, data: bytes) -> None:
+        """Audio of the open call."""
+        self.saw()
+        self.hub.push(self.call_id, data)
+
+    def dtmf(self, digit: str) -> None:
+        """A DTMF digit (ignored before the call has started)."""
+        if self.opened and not self.over:
+            self.hub.dtmf(self.call_id, digit)
+
+    def end(self, state: str = "end", info: dict[str, Any] | None = None) -> None:
         """The call is over: its last windows are scored, then its final status line."""
-        if conn.over:
+        if self.over:
             return
-        conn.over = True
-        if conn.opened:
-            self.hub.end(conn.call_id, state, info)
+        self.over = True
+        if self.opened:
+            self.hub.end(self.call_id, state, info)
 
-    def fail(self, conn: Connection, message: str) -> None:
+    def fail(self, message: str) -> None:
         """Log a call's error and report it: after its last windows if it started, at once otherwise."""
-        if conn.over:
+        if self.over:
             return
-        log(f"call {conn.call_id}: {message}; closing it")
-        if conn.opened:
-            self.end(conn, "error", {"error": message})
+        log(f"call {self.call_id}: {message}; closing it")
+        if self.opened:
+            self.end("error", {"error": message})
         else:
-            conn.over = True
-            self.hub.note(conn.call_id, Status("error", 0.0, {"error": message}))
-
-    def close_all(self) -> None:
-        """Shutdown: end every call as interrupted and close its connection."""
-        for conn in list(self.connections):
-            self.end(conn, "interrupted")
-            conn.close()
-
-    async def watch(self) -> None:
-        """Close connections that sent nothing for read_timeout seconds (checked a few times per timeout)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(min(self.read_timeout / 4, 1.0))
-            for conn in list(self.connections):
-                if loop.time() - conn.seen > self.read_timeout:
-                    self.fail(conn, conn.idle_error)
-                    conn.close()
-
-
-class AudioSocketConnection(asyncio.Protocol):
-    """One AudioSocket connection: UUID, audio frames, hangup (or EOF), parsed as the bytes arrive."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.parser = audiosocket.Parser()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.loop = asyncio.get_running_loop()
-        self.conn = self.server.connect("audiosocket", peer_name(transport.get_extra_info("peername")), transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        self.conn.seen = self.loop.time()
-        self.parser.receive_data(data)
-        self._handle()
-
-    def eof_received(self) -> bool:
-        self.parser.receive_data(b"")
-        self._handle()
-        return False  # close the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and self.parser.received_anything:  # a reset port probe is not a call
-            self.server.fail(self.conn, f"connection lost: {exc}")
-        self.server.disconnect(self.conn)
-
-    def _handle(self) -> None:
-        """Act on every complete frame received; close the connection once the call is over."""
-        server, conn, hub = self.server, self.conn, self.server.hub
-        try:
-            while not conn.over:
-                event = self.parser.next_event()
-                if event is audiosocket.NEED_DATA:
-                    return
-                if isinstance(event, audiosocket.Audio):
-                    if not conn.opened:
-                        server.open(conn, event.sample_rate, "s16le", {"protocol": "audiosocket", "peer": conn.peer})
-                    if conn.opened:
-                        hub.push(conn.call_id, event.pcm)
-                elif isinstance(event, audiosocket.CallId):
-                    server.name(conn, event.call_id)
-                elif isinstance(event, audiosocket.Dtmf):
-                    hub.note(conn.call_id, Status("dtmf", hub.t(conn.call_id), {"digit": event.digit}))
-                elif isinstance(event, audiosocket.AsteriskError):
-                    if event.code == 1 and conn.opened:  # the caller hung up
-                        server.end(conn, "end", {"asterisk_error": 1})
-                    else:
-                        server.fail(conn, f"Asterisk reported error code {event.code}")
-                else:  # Hangup or EOF; before any audio, a port probe (nothing received) gets no line
-                    if not conn.opened and self.parser.received_anything:
-                        hub.note(conn.call_id, Status("end", 0.0, {"windows": 0}))
-                    server.end(conn)
-        except audiosocket.ProtocolError as exc:
-            server.fail(conn, f"protocol error: {exc}")
-        self.transport.close()
+            self.over = True
+            self.hub.emit([(self.call_id, Status("error", 0.0, {"error": message}))])
 
 
 @dataclass(frozen=True)
 class Listen:
-    protocol: str  # "audiosocket" or "mediastream"
+    connection: type[CallConnection]  # the protocol spoken on this address
     host: str
     port: int
     sock: socket.socket | None = None  # already listening on host:port (serve --workers)
 
-
-def _log_unexpected(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """asyncio's last resort, in one line instead of a traceback."""
-    exc = context.get("exception")
-    log(f"internal error: {context.get('message', '')}: {type(exc).__name__}: {exc}" if exc else context["message"])
+    @property
+    def protocol(self) -> str:
+        return self.connection.protocol
 
 
 class ListenError(Exception):
@@ -217,13 +232,55 @@ class ListenError(Exception):
         return cls(f"cannot listen on {spec.host}:{spec.port} ({spec.protocol}): {exc.strerror or exc}")
 
 
+class Server:
+    """The open connections of every listener, feeding one Hub."""
+
+    def __init__(self, hub: Hub, read_timeout: float = 10.0, marks: bool = False, worker: int | None = None) -> None:
+        self.hub = hub
+        self.read_timeout = read_timeout
+        self.marks = marks
+        self.worker = worker  # this process's index under `serve --workers`, named in each call's start line
+        self.connections: set[CallConnection] = set()
+
+    def close_all(self) -> None:
+        """Shutdown: end every call as interrupted and close its connection."""
+        for conn in list(self.connections):
+            conn.end("interrupted")
+            conn.close()
+
+    async def watch(self) -> None:
+        """Close connections that stalled or trickle (checked a few times per read timeout)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(self.read_timeout / 4, 1.0))
+            now = loop.time()
+            for conn in list(self.connections):
+                if conn.held or conn.over:
+                    continue
+                if now - conn.seen > self.read_timeout:
+                    self._close(conn, f"{conn.idle_error} for {self.read_timeout:g} s")
+                elif conn.opened and self.hub.t(conn.call_id) < MIN_SPEED * (now - conn.opened_at) - self.read_timeout:
+                    self._close(conn, f"audio arrives at less than {MIN_SPEED:g} times real time")
+
+    def _close(self, conn: CallConnection, message: str) -> None:
+        if conn.quiet():
+            conn.over = True
+            conn.transport.abort()
+            return
+        conn.fail(message)
+        conn.close()
+
+
+def _log_unexpected(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's last resort, in one line instead of a traceback."""
+    exc = context.get("exception")
+    log(f"internal error: {context.get('message', '')}: {type(exc).__name__}: {exc}" if exc else context["message"])
+
+
 async def _listen(server: Server, spec: Listen) -> asyncio.Server:
-    if spec.protocol == "audiosocket":
-        protocol: type[asyncio.Protocol] = AudioSocketConnection
-    else:
-        from .websocket import MediaStreamConnection as protocol  # needs the `serve` extra (websockets)
     where: dict[str, Any] = {"sock": spec.sock} if spec.sock else {"host": spec.host, "port": spec.port}
-    return await asyncio.get_running_loop().create_server(lambda: protocol(server), **where, backlog=BACKLOG)
+    connection = spec.connection
+    return await asyncio.get_running_loop().create_server(lambda: connection(server), **where, backlog=BACKLOG)
 
 
 async def serve(
@@ -247,7 +304,8 @@ async def serve(
         host, port = listeners[-1].sockets[0].getsockname()[:2]
         which = {} if worker is None else {"worker": worker}
         log(f"{spec.protocol} listening on {host}:{port}" + (f" (worker {worker})" if which else ""))
-        hub.emit(to_json(Status("listening", 0.0, {"protocol": spec.protocol, "host": host, "port": port, **which})))
+        listening: Event = Status("listening", 0.0, {"protocol": spec.protocol, "host": host, "port": port, **which})
+        hub.emit([(None, listening)])
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

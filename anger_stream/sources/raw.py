@@ -7,23 +7,19 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..audio import decode_g711
+from .. import codec
 from .errors import InputError
 
-FORMATS = {"s16le": 2, "f32le": 4, "mulaw": 1, "alaw": 1}
+FORMATS = codec.WIDTHS
 """Raw formats and their bytes per sample."""
 
 
 def decode_raw(data: bytes, fmt: str) -> np.ndarray:
     """Bytes of whole samples -> float32 in [-1, 1]; non-finite f32le samples are an input error."""
-    if fmt == "s16le":
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    if fmt == "f32le":
-        x = np.frombuffer(data, dtype="<f4").astype(np.float32)
-        if not np.all(np.isfinite(x)):
-            raise InputError("f32le input contains NaN or infinite samples (is --format right?)")
-        return x
-    return decode_g711(data, fmt)
+    x = codec.decode(data, fmt)
+    if fmt == "f32le" and not np.all(np.isfinite(x)):
+        raise InputError("f32le input contains NaN or infinite samples (is --format right?)")
+    return x
 
 
 def read_raw(stream: BinaryIO, fmt: str, chunk_samples: int = 1600) -> Iterator[np.ndarray]:

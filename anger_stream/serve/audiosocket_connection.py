@@ -1,0 +1,70 @@
+"""Asterisk AudioSocket connections: the sans-I/O parser (audiosocket.py) driven by an asyncio Protocol."""
+
+from __future__ import annotations
+
+from ..events import Status
+from . import audiosocket
+from .server import CallConnection, Server
+
+
+class AudioSocketConnection(CallConnection):
+    """One AudioSocket connection: UUID, audio frames, hangup (or EOF), parsed as the bytes arrive.
+
+    The call opens with its first audio frame (which gives the sample rate); DTMF before that is ignored.
+    """
+
+    protocol = "audiosocket"
+    idle_error = "no audio frame"
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self.parser = audiosocket.Parser()
+
+    def _feed(self, data: bytes) -> None:
+        self.parser.receive_data(data)
+
+    def eof_received(self) -> bool:
+        self.parser.receive_data(b"")
+        return super().eof_received()
+
+    def _lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.parser.received_anything:  # a reset port probe is not a call
+            self.fail(f"connection lost: {exc}")
+
+    def quiet(self) -> bool:
+        return not self.parser.received_anything
+
+    def _step(self) -> bool:
+        if self.over:
+            return False
+        try:
+            event = self.parser.next_event()
+            if event is audiosocket.NEED_DATA:
+                return False
+            self._handle(event)
+        except audiosocket.AudioSocketError as exc:
+            self.fail(f"protocol error: {exc}")
+        if self.over:
+            self.transport.close()
+        return not self.over
+
+    def _handle(self, event: audiosocket.AudioSocketEvent) -> None:
+        if isinstance(event, audiosocket.Audio):
+            if not self.opened:
+                self.open(event.sample_rate, "s16le", {"protocol": self.protocol, "peer": self.peer})
+            if self.opened:
+                self.push(event.pcm)
+        elif isinstance(event, audiosocket.CallId):
+            self.saw()
+            self.name(event.call_id)
+        elif isinstance(event, audiosocket.AudioSocketDtmf):
+            self.dtmf(event.digit)
+        elif isinstance(event, audiosocket.AsteriskError):
+            if event.code == 1 and self.opened:  # the caller hung up
+                self.end("end", {"asterisk_error": 1})
+            else:
+                self.fail(f"Asterisk reported error code {event.code}")
+        else:  # Hangup or EOF; before any audio, a port probe (nothing received) gets no line
+            if not self.opened and self.parser.received_anything:
+                self.hub.emit([(self.call_id, Status("end", 0.0, {"windows": 0}))])
+            self.end()

@@ -1,0 +1,88 @@
+"""The call core without I/O: bytes in, the single-stream detector's events out, counts, flow control."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anger_stream import AngerDetector, Calls, StreamSet, Window, codec
+from anger_stream.calls import DTMF_BURST, DuplicateCall
+from anger_stream.events import Status
+from tools.telephone import mulaw_encode
+
+
+@pytest.fixture(scope="module")
+def detector() -> AngerDetector:
+    return AngerDetector(sample_rate=8000)
+
+
+def _signal(seed: int, seconds: float, rate: int = 8000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * rate)) * rng.uniform(0.01, 0.3)).clip(-1, 1).astype(np.float32)
+
+
+def test_calls_equal_one_detector_per_call(detector: AngerDetector) -> None:
+    x = _signal(0, 4.3)
+    payloads = {
+        "pcm": ((x * 32767).astype("<i2").tobytes(), "s16le", 2),
+        "float": (x.astype("<f4").tobytes(), "f32le", 4),
+        "ulaw": (mulaw_encode(x), "mulaw", 1),
+        "fast": ((x[: 8000 * 3] * 32767).astype("<i2").tobytes(), "s16le", 2),  # all at once
+    }
+    streams, calls = StreamSet(detector.model, detector.config, max_windows=2), Calls()
+    got: dict[str, list] = {k: [] for k in payloads}
+    for k, (_, encoding, _) in payloads.items():
+        assert calls.open(k, 8000, encoding, {"x": 1}, now=0.0) == [
+            (k, Status("start", 0.0, {"sample_rate": 8000, "x": 1}))
+        ]
+    with pytest.raises(DuplicateCall):
+        calls.open("pcm", 8000, "s16le", {}, now=0.0)
+    calls.receive("fast", payloads["fast"][0])
+    for i in range(0, 8000 * 5, 160):
+        for k, (data, _, width) in payloads.items():
+            if k != "fast" and i * width < len(data):
+                calls.receive(k, data[i * width : (i + 160) * width])
+        if calls.due:
+            for call_id, e in calls.tick(streams):
+                got[call_id].append(e)
+    for k in payloads:
+        calls.end(k, "end", {"why": k})
+    while calls.due:
+        for call_id, e in calls.tick(streams):
+            got[call_id].append(e)
+    assert len(calls) == 0 and len(streams) == 0
+    for k, (data, encoding, _) in payloads.items():
+        want = detector.feed(codec.decode(data, encoding)) + detector.flush()
+        events, final = got[k][:-1], got[k][-1]
+        assert [e.to_dict() for e in events] == [e.to_dict() for e in want], k
+        windows = [e for e in events if isinstance(e, Window)]
+        assert final.state == "end" and final.info["why"] == k and final.info["windows"] == len(windows)
+        assert final.t == pytest.approx(len(data) / payloads[k][2] / 8000)
+
+
+def test_a_call_far_ahead_must_wait_and_is_scored_two_windows_per_tick(detector: AngerDetector) -> None:
+    streams, calls = StreamSet(detector.model, detector.config, max_windows=2), Calls(max_ahead_s=5.0)
+    calls.open("fast", 8000, "s16le", {}, now=100.0)
+    calls.receive("fast", bytes(2 * 8000 * 8))  # 8 s at once
+    assert calls.wait("fast", now=100.0) is None  # until some of it is scored
+    windows = []
+    while calls.due:
+        windows.append(sum(isinstance(e, Window) for _, e in calls.tick(streams)))
+    assert max(windows) == 2 and sum(windows) == 12
+    assert calls.wait("fast", now=100.0) == 0.0
+    calls.receive("fast", bytes(2 * 4000 * 5))  # 10.5 s of audio after 0 s: past the 10 s burst, at 2x
+    assert calls.wait("fast", now=100.0) == pytest.approx(0.25)
+    assert calls.wait("fast", now=100.25) == 0.0
+
+
+def test_dtmf_lines_are_capped_per_call() -> None:
+    calls = Calls()
+    calls.open("c", 8000, "mulaw", {}, now=0.0)
+    lines = [e for _ in range(1000) for e in calls.dtmf("c", "5")]
+    assert len(lines) == DTMF_BURST and lines[0] == ("c", Status("dtmf", 0.0, {"digit": "5"}))
+    calls.receive("c", bytes(8000))  # a second of audio allows ten more
+    assert len([e for _ in range(100) for e in calls.dtmf("c", "5")]) == 10
+    calls.end("c", "end")
+    streams = StreamSet(AngerDetector().model)
+    *_, (_, final) = calls.tick(streams)
+    assert final.state == "end" and final.info["dtmf_dropped"] == 1000 + 100 - DTMF_BURST - 10
