@@ -75,7 +75,8 @@ def network_run(manifests: list[Path], peak_model: Path, tmp_path_factory: pytes
 
 def test_every_channel_and_set_is_reported(network_run: dict, peak_model: Path) -> None:
     result = network_run["first"]
-    assert result["channels"] == list(channels.SUITE_NAMES)
+    assert result["channels"] == list(result["fingerprints"]) == list(channels.SUITE_NAMES)
+    assert len(set(result["fingerprints"].values())) == len(channels.SUITE_NAMES)
     assert list(result["results"]) == ["ravdess", "mine", "all"]
     for by_channel in result["results"].values():
         assert list(by_channel) == list(channels.SUITE_NAMES)

@@ -155,7 +155,8 @@ class ChannelCache:
 
     def __init__(self, root: Path, name: str) -> None:
         self.name = name
-        self.folder = root / f"{re.sub(r'[^A-Za-z0-9.]+', '-', name).strip('-')}-{fingerprint(name)}"
+        self.fingerprint = fingerprint(name)
+        self.folder = root / f"{re.sub(r'[^A-Za-z0-9.]+', '-', name).strip('-')}-{self.fingerprint}"
         self.babble = name in channels.NEEDS_POOL
 
     def _save(self, path: Path, **arrays: np.ndarray) -> None:
@@ -348,6 +349,7 @@ def run(
             for v in variants
         },
         "thresholds": thresholds,
+        "fingerprints": {ch.name: ch.fingerprint for ch in caches},
         "results": results,
     }
 
