@@ -15,9 +15,10 @@ false- and true-positive rates at the thresholds in each model's metadata. The e
 splits) is scored on the same windows, on level-normalised windows (the main comparison: the network never
 sees level) and on raw windows, with DeLong's test of each model against it.
 
-Perturbed audio and eGeMAPS features are cached per channel under --cache; a channel's cache folder is named
-by a fingerprint of its output on a fixed probe signal, so a changed channel definition is recomputed and an
-unchanged one is reused. With the caches, scoring a new model takes a minute or two.
+Perturbed audio, eGeMAPS features and each model's scores (keyed by a hash of the model file) are cached per
+channel under --cache; a channel's cache folder is named by a fingerprint of its output on a fixed probe
+signal, so a changed channel definition is recomputed and an unchanged one is reused. With the caches, scoring
+a new model takes a few minutes of one core.
 """
 
 from __future__ import annotations
@@ -209,6 +210,21 @@ class ChannelCache:
         self._save(path, features=features, seconds_per_window=per_window)
         return features
 
+    def scores(self, test_set: TestSet, models: dict[str, AngerModel], segments: list[np.ndarray]) -> dict:
+        """Each model's p for the set's scored windows in this channel, cached by the model file's hash."""
+        digests = {k: hashlib.sha1(m.path.read_bytes()).hexdigest()[:12] for k, m in models.items()}
+        paths = {k: self.folder / f"{test_set.name}-p-{d}.npz" for k, d in digests.items()}
+        out = {}
+        for k, path in paths.items():
+            if path.is_file() and len(saved := np.load(path)["p"]) == len(segments):
+                out[k] = saved
+        missing = [k for k in models if k not in out]
+        if missing:
+            for k, p in zip(missing, score_segments([models[k] for k in missing], segments), strict=True):
+                self._save(paths[k], p=p)
+                out[k] = p
+        return {k: out[k] for k in models}
+
 
 def channel_windows(cache: ChannelCache, test_set: TestSet, babble: Babble) -> tuple[WindowSet, list[np.ndarray]]:
     """The run-time windows (raw segments) of a set's clips through a channel."""
@@ -307,11 +323,8 @@ def run(
 ) -> dict:
     """Every set through every named channel, scored by the models and (in `baseline_names`, default all) the
     baselines: the `results` of the JSON."""
-    models = [AngerModel(p) for p in model_paths]
-    thresholds = {
-        str(p): {k: float(v) for k, v in m.meta_json("thresholds", {}).items()}
-        for p, m in zip(model_paths, models, strict=True)
-    }
+    models = {str(p): AngerModel(p) for p in model_paths}
+    thresholds = {k: {t: float(v) for t, v in m.meta_json("thresholds", {}).items()} for k, m in models.items()}
     sets = load_sets(manifests)
     babble = Babble(sets)
     fitted = fit_baselines(manifests, variants, egemaps_cache) if variants else {}
@@ -326,7 +339,7 @@ def run(
         parts = []
         for test_set in sets:
             windows, segments = channel_windows(ch, test_set, babble)
-            scores = dict(zip(map(str, model_paths), score_segments(models, segments), strict=True))
+            scores = ch.scores(test_set, models, segments)
             base = {
                 v: fitted[v][0].predict_proba(ch.features(test_set, v, segments))[:, 1]
                 for v in (variants if ch.name in with_baseline else ())
