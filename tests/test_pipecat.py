@@ -19,7 +19,7 @@ from serve_support import assert_same_events
 from anger_stream.audio import resample
 from anger_stream.detector import AngerDetector
 
-pytest.importorskip("pipecat", reason='needs the pipecat extra: pip install -e ".[test]"')
+pytest.importorskip("pipecat", reason="needs Pipecat: make test runs it in .venv-pipecat (extra test-pipecat)")
 
 from loguru import logger  # noqa: E402  (after the skip: both come with the extra)
 from pipecat.frames.frames import CancelFrame, ErrorFrame, InputAudioRawFrame, OutputAudioRawFrame, TextFrame  # noqa: E402
