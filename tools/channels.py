@@ -5,14 +5,14 @@ room, line or codec would. The evaluation suite (`SUITE_NAMES`, `suite_channel`)
 fixed settings and a fixed seed; training (`random_channel`) draws from the same channel functions with
 random settings, so training and evaluation describe channels the same way.
 
-Filters and coloured noise come from audiomentations, rooms from pyroomacoustics, codecs from libsndfile
-(GSM 06.10, MP3) and the project's G.711 coder.
+Filters come from scipy.signal (Butterworth designs and the audio-EQ-cookbook biquads), rooms from
+pyroomacoustics, codecs from libsndfile (GSM 06.10, MP3) and the project's G.711 coder. (audiomentations
+offers the same filters but caps soxr below 1.0, which the Pipecat extra needs.)
 """
 
 from __future__ import annotations
 
 import io
-import random
 import zlib
 from collections.abc import Callable
 from functools import cache
@@ -20,14 +20,6 @@ from functools import cache
 import numpy as np
 import pyroomacoustics as pra
 import soundfile as sf
-from audiomentations import (
-    AddColorNoise,
-    HighPassFilter,
-    HighShelfFilter,
-    LowPassFilter,
-    LowShelfFilter,
-    PeakingFilter,
-)
 from scipy import signal
 
 from anger_stream import codec
@@ -37,13 +29,6 @@ from tools.telephone import mulaw_encode
 SR = SAMPLE_RATE
 NARROW = 8_000
 Channel = Callable[[np.ndarray, np.random.Generator, np.ndarray | None], np.ndarray]
-
-
-def _seeded(rng: np.random.Generator) -> None:
-    """Seed the global generators audiomentations draws from, from our own generator."""
-    seed = int(rng.integers(2**31))
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -67,32 +52,61 @@ def pre_emphasis(x: np.ndarray, coef: float) -> np.ndarray:
     return _f32(signal.lfilter([1.0, -coef], [1.0], x))
 
 
+def _sosfilt(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Filter with the state started at the first sample (no click at the start)."""
+    y, _ = signal.sosfilt(sos, x, zi=signal.sosfilt_zi(sos) * x[0]) if len(x) else (x, None)
+    return _f32(y)
+
+
+def butterworth(x: np.ndarray, cutoff_hz: float, btype: str, octave_db: int) -> np.ndarray:
+    """A Butterworth low- or high-pass falling `octave_db` dB per octave (order octave_db / 6)."""
+    return _sosfilt(signal.butter(octave_db // 6, cutoff_hz, btype=btype, fs=SR, output="sos"), x)
+
+
+def biquad(kind: str, f0: float, gain_db: float, q: float) -> np.ndarray:
+    """One second-order section of the audio-EQ cookbook: 'peak', 'lowshelf' or 'highshelf'."""
+    w = 2 * np.pi * f0 / SR
+    a = 10 ** (gain_db / 40)
+    alpha, cos = np.sin(w) / (2 * q), np.cos(w)
+    if kind == "peak":
+        b, den = [1 + alpha * a, -2 * cos, 1 - alpha * a], [1 + alpha / a, -2 * cos, 1 - alpha / a]
+    else:
+        sign = 1 if kind == "lowshelf" else -1
+        root = 2 * np.sqrt(a) * alpha
+        b = [
+            a * ((a + 1) - sign * (a - 1) * cos + root),
+            sign * 2 * a * ((a - 1) - sign * (a + 1) * cos),
+            a * ((a + 1) - sign * (a - 1) * cos - root),
+        ]
+        den = [(a + 1) + sign * (a - 1) * cos + root, -sign * 2 * ((a - 1) + sign * (a + 1) * cos)]
+        den.append((a + 1) + sign * (a - 1) * cos - root)
+    return np.array([[*np.divide(b, den[0]), 1.0, den[1] / den[0], den[2] / den[0]]])
+
+
 def dull_tilt(x: np.ndarray, corner_hz: float = 800.0) -> np.ndarray:
     """A -6 dB/octave slope above `corner_hz` (a first-order low-pass): a muffled microphone."""
-    return _f32(LowPassFilter(corner_hz, corner_hz, 6, 6, p=1.0)(x, SR))
+    return butterworth(x, corner_hz, "lowpass", 6)
 
 
 def random_eq(x: np.ndarray, rng: np.random.Generator, max_db: float = 12.0) -> np.ndarray:
     """A random low shelf, high shelf and two peaking bands, each within +-max_db."""
-    _seeded(rng)
-    for transform in (
-        LowShelfFilter(100, 600, -max_db, max_db, p=1.0),
-        HighShelfFilter(1500, 6000, -max_db, max_db, p=1.0),
-        PeakingFilter(200, 1500, -max_db, max_db, 0.5, 3.0, p=1.0),
-        PeakingFilter(1500, 6500, -max_db, max_db, 0.5, 3.0, p=1.0),
-    ):
-        x = transform(_f32(x), SR)
-    return _f32(x)
+    sections = [
+        biquad("lowshelf", rng.uniform(100, 600), rng.uniform(-max_db, max_db), rng.uniform(0.5, 1.0)),
+        biquad("highshelf", rng.uniform(1500, 6000), rng.uniform(-max_db, max_db), rng.uniform(0.5, 1.0)),
+        biquad("peak", rng.uniform(200, 1500), rng.uniform(-max_db, max_db), rng.uniform(0.5, 3.0)),
+        biquad("peak", rng.uniform(1500, 6500), rng.uniform(-max_db, max_db), rng.uniform(0.5, 3.0)),
+    ]
+    return _sosfilt(np.concatenate(sections), _f32(x))
 
 
 def low_pass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
     """A steep (36 dB/octave) low-pass: a band-limited line or codec."""
-    return _f32(LowPassFilter(cutoff_hz, cutoff_hz, 36, 36, p=1.0)(_f32(x), SR))
+    return butterworth(x, cutoff_hz, "lowpass", 36)
 
 
 def high_pass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
     """A 12 dB/octave high-pass: small loudspeakers and telephone microphones lose the lows."""
-    return _f32(HighPassFilter(cutoff_hz, cutoff_hz, 12, 12, p=1.0)(_f32(x), SR))
+    return butterworth(x, cutoff_hz, "highpass", 12)
 
 
 # --- lines and codecs ----------------------------------------------------------------------------------
@@ -183,9 +197,10 @@ def reverb(x: np.ndarray, h: np.ndarray) -> np.ndarray:
 def colored_noise(x: np.ndarray, rng: np.random.Generator, snr_db: float, decay_db: float = -3.01) -> np.ndarray:
     """Noise with a spectral slope of `decay_db` per octave (0 white, -3 pink, -6 brown) at `snr_db`
     below the clip's active speech level."""
-    _seeded(rng)
-    x = _f32(x)
-    noise = AddColorNoise(0.0, 0.0, decay_db, decay_db, p=1.0)(x, SR) - x
+    spectrum = np.fft.rfft(rng.standard_normal(len(x)))
+    f = np.fft.rfftfreq(len(x), 1 / SR)
+    f[0] = f[1] if len(f) > 1 else 1.0
+    noise = np.fft.irfft(spectrum * f ** (decay_db / (20 * np.log10(2))), len(x))
     return _add(x, noise, snr_db)
 
 
