@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 import socket
@@ -94,11 +95,18 @@ class ServeProcess:
     """`anger-stream serve` in a subprocess; stdout lines are collected as parsed JSON."""
 
     def __init__(
-        self, *args: str, protocols: tuple[str, ...] = ("audiosocket",), workers: int = 1, timeout: float = 30.0
+        self,
+        *args: str,
+        protocols: tuple[str, ...] = ("audiosocket",),
+        workers: int = 1,
+        timeout: float = 30.0,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
     ) -> None:
-        cmd = [CLI, "serve", *(a for p in protocols for a in (f"--{p}", "127.0.0.1:0")), "--workers", str(workers)]
+        cmd = [CLI, "serve", *(a for p in protocols for a in (f"--{p}", f"{host}:0")), "--workers", str(workers)]
         cmd += args
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        environ = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

@@ -3,6 +3,9 @@ from whichever server took it, and both servers take calls."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import shutil
 import socket
@@ -27,6 +30,8 @@ from serve_support import (
     self_signed_certificate,
 )
 
+from anger_stream.serve.security import TWILIO_ENV
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="needs HAProxy (apt-get install haproxy)")
@@ -45,8 +50,9 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 @pytest.mark.parametrize("config", ["audiosocket", "mediastream", "mediastream-tls"])
 def test_balanced_calls_come_back_complete(config: str, speech: np.ndarray, tmp_path: Path) -> None:
-    protocol = config.split("-")[0]
-    servers = [ServeProcess(protocols=(protocol,)) for _ in range(2)]
+    protocol, tls = config.split("-")[0], config.endswith("-tls")
+    auth = {TWILIO_ENV: "0123456789abcdef0123456789abcdef"} if tls else {}  # the servers check Twilio's signature
+    servers = [ServeProcess(protocols=(protocol,), env=auth) for _ in range(2)]
     port = free_port()
     env = {
         **os.environ,
@@ -54,11 +60,15 @@ def test_balanced_calls_come_back_complete(config: str, speech: np.ndarray, tmp_
         **{f"ANGER{i + 1}": f"127.0.0.1:{s.ports[protocol]}" for i, s in enumerate(servers)},
     }
     caller = audiosocket_call if protocol == "audiosocket" else mediastream_call
-    if config.endswith("-tls"):  # wss:// to HAProxy, which holds a throwaway self-signed certificate
+    if tls:  # wss:// to HAProxy, which holds a throwaway self-signed certificate and passes the signature on
         cert, key = self_signed_certificate(tmp_path)
         (tmp_path / "lb.pem").write_bytes(cert.read_bytes() + key.read_bytes())
         env["LB_CERT"] = str(tmp_path / "lb.pem")
-        caller = partial(mediastream_call, tls=ssl.create_default_context(cafile=cert))
+        signed = f"wss://127.0.0.1:{port}/media".encode()
+        signature = base64.b64encode(hmac.new(auth[TWILIO_ENV].encode(), signed, hashlib.sha1).digest()).decode()
+        caller = partial(
+            mediastream_call, tls=ssl.create_default_context(cafile=cert), headers={"X-Twilio-Signature": signature}
+        )
     cfg = DEPLOY / f"haproxy-{config}.cfg"
     lb = subprocess.Popen([HAPROXY, "-f", str(cfg), "-db"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -12,6 +12,7 @@ import typer
 
 from .. import audio
 from ..events import Event, Window, to_json
+from .security import TOKEN_ENV, TWILIO_ENV
 
 if TYPE_CHECKING:
     from .hub import Sink
@@ -68,10 +69,37 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, max=64, help="Server processes sharing the ports (one per core holds the most calls).")
     ] = 1,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar=TOKEN_ENV,
+            help="Media Streams: admit only upgrades presenting this secret (Authorization: Bearer, or ?token=). "
+            "Better in the environment variable: a command line is visible to other users.",
+        ),
+    ] = None,
+    twilio_auth_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar=TWILIO_ENV,
+            help="Media Streams: admit upgrades signed by Twilio (X-Twilio-Signature) with this account's auth token "
+            "(better in the environment variable).",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Media Streams: serve wss:// with this PEM certificate (chain).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="Its private key (PEM; default: in the --tls-cert file).")
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(help="Accept connections only from this network, e.g. 10.0.0.0/8 (repeatable; both protocols)."),
+    ] = None,
 ) -> None:
     """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.
 
-    Listens on 127.0.0.1 unless told otherwise. Exit codes as for detection; 3: cannot listen.
+    Listens on 127.0.0.1 unless told otherwise; beyond it, see --allow, --token, --twilio-auth-token and
+    --tls-cert. Exit codes as for detection; 3: cannot listen.
     """
     import asyncio
 
@@ -81,7 +109,8 @@ def serve(
     from ..stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, StdoutClosed, emit_line, fail
     from ..streams import StreamSet
     from .audiosocket_connection import AudioSocketConnection
-    from .hub import Hub, ScoringThread
+    from .hub import Hub, ScoringThread, log
+    from .security import Policy, exposure_warning, parse_network, tls_context
     from .server import Listen, ListenError
     from .server import serve as run_servers
     from .workers import bind
@@ -92,6 +121,16 @@ def serve(
             f"give --audiosocket HOST:PORT and/or --mediastream HOST:PORT "
             f"(e.g. {DEFAULT_AUDIOSOCKET}, {DEFAULT_MEDIASTREAM})"
         )
+    if mediastream is None and (tls_cert or tls_key):
+        fail("--tls-cert/--tls-key apply to --mediastream only (AudioSocket has no TLS: restrict it with --allow)",
+             EXIT_USAGE)  # fmt: skip
+    if tls_key is not None and tls_cert is None:
+        fail("--tls-key needs --tls-cert", EXIT_USAGE)
+    try:
+        policy = Policy(token, twilio_auth_token, tuple(parse_network(net) for net in allow or ()))
+        tls = tls_context(tls_cert, tls_key) if tls_cert is not None else None
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
     listen = []
     if audiosocket is not None:
         listen.append(Listen(AudioSocketConnection, *parse_address(audiosocket, "--audiosocket")))
@@ -100,11 +139,14 @@ def serve(
             from .mediastream_connection import MediaStreamConnection
         except ImportError:
             fail("--mediastream needs the websockets package: pip install 'anger-stream[serve]'", EXIT_USAGE)
-        listen.append(Listen(MediaStreamConnection, *parse_address(mediastream, "--mediastream")))
+        listen.append(Listen(MediaStreamConnection, *parse_address(mediastream, "--mediastream"), tls=tls))
     try:
         config = DetectorConfig(threshold=threshold, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    for spec in listen:
+        if warning := exposure_warning(spec.protocol, spec.host, spec.port, policy, spec.tls is not None):
+            log(warning)
     try:
         loaded = AngerModel(model, threads=1)  # a bad model is one error line here, not one per worker
     except ModelError as exc:
@@ -117,7 +159,7 @@ def serve(
         streams.warm_up()
         hub = Hub(Calls(), ScoringThread(streams), json_lines(emit_line, events_only))
         try:
-            asyncio.run(run_servers(hub, listen, read_timeout, marks, worker))
+            asyncio.run(run_servers(hub, listen, read_timeout, marks, worker, policy))
         except StdoutClosed:
             return
         except ListenError as exc:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from http import HTTPStatus
 
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from ..events import Event, Status, Window
 from . import mediastream
+from .hub import log
+from .security import Refusal
 from .server import CallConnection, Server
 
 MAX_MESSAGE = 1 << 16
@@ -125,11 +128,24 @@ class MediaStreamConnection(CallConnection):
             self.transport.close()
 
     def _handshake(self, request: Request) -> None:
-        response = self.ws.reject(200, "OK\n") if request.path == "/health" else self.ws.accept(request)
+        if request.path == "/health":
+            response = self.ws.reject(200, "OK\n")
+        elif refusal := self.server.policy.refuse_upgrade(request.path, request.headers):
+            response = self._refuse(refusal)
+        else:
+            response = self.ws.accept(request)
         self.ws.send_response(response)
         if response.status_code == 101:
             self.handshaken = True
             self.saw()
+
+    def _refuse(self, refusal: Refusal) -> Response:
+        """An upgrade without the credential the policy requires: 401 or 403, one line on stderr, no call."""
+        log(f"refused {self.protocol} connection from {self.peer}: {refusal.reason}")
+        response = self.ws.reject(refusal.status, f"{HTTPStatus(refusal.status).phrase}\n")
+        if refusal.status == HTTPStatus.UNAUTHORIZED:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     def _data(self, frame: Frame) -> None:
         """A whole message (single-frame, or the last fragment of one) goes to the Media Streams parser."""

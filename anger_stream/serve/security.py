@@ -189,7 +189,7 @@ def exposure_warning(protocol: str, host: str, port: int, policy: Policy, tls: b
     if protocol == "audiosocket":
         if policy.allow:
             return None
-        missing = "an allow-list (AudioSocket has no authentication)"
+        missing, see = "an allow-list (AudioSocket has no authentication)", "--allow"
     else:
         lacks = [
             *(["authentication"] if not policy.authenticates else []),
@@ -197,8 +197,8 @@ def exposure_warning(protocol: str, host: str, port: int, policy: Policy, tls: b
         ]
         if not lacks:
             return None
-        missing = " or ".join(lacks)
+        missing, see = " or ".join(lacks), "--token, --twilio-auth-token, --tls-cert, --allow"
     return (
         f"WARNING: {protocol} on {host}:{port} is reachable beyond this host without {missing}: "
-        "anyone who reaches the port can send calls (see --allow, --token, --twilio-auth-token, --tls-cert)"
+        f"anyone who reaches the port can send calls (see {see})"
     )

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 from ..calls import DuplicateCall
 from ..events import Event, Status
 from .hub import Hub, log
+from .security import Policy
 
 BACKLOG = 1024
 """Pending connections per listening socket (asyncio's default of 100 is short for a burst of calls)."""
@@ -74,6 +76,9 @@ class CallConnection(asyncio.Protocol):
         self.peer = peer_name(transport.get_extra_info("peername"))
         self.call_id = f"{self.protocol}:{self.peer}"  # until the protocol names the call
         self.seen = self.opened_at = self.loop.time()  # last complete frame (audio once open)
+        if not self.server.admits(self.protocol, transport):
+            self.over = True
+            return
         transport.set_write_buffer_limits(high=MAX_OUTPUT)
         self.server.connections.add(self)
 
@@ -218,6 +223,7 @@ class Listen:
     host: str
     port: int
     sock: socket.socket | None = None  # already listening on host:port (serve --workers)
+    tls: ssl.SSLContext | None = None  # serve TLS on this address
 
     @property
     def protocol(self) -> str:
@@ -235,12 +241,29 @@ class ListenError(Exception):
 class Server:
     """The open connections of every listener, feeding one Hub."""
 
-    def __init__(self, hub: Hub, read_timeout: float = 10.0, marks: bool = False, worker: int | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        read_timeout: float = 10.0,
+        marks: bool = False,
+        worker: int | None = None,
+        policy: Policy | None = None,
+    ) -> None:
         self.hub = hub
         self.read_timeout = read_timeout
         self.marks = marks
         self.worker = worker  # this process's index under `serve --workers`, named in each call's start line
+        self.policy = policy or Policy()  # who may connect (security.py)
         self.connections: set[CallConnection] = set()
+
+    def admits(self, protocol: str, transport: asyncio.BaseTransport) -> bool:
+        """The allow-list: a connection from another network is closed at once, with one line on stderr."""
+        address = transport.get_extra_info("peername")
+        if self.policy.admits(address[0] if isinstance(address, tuple) else ""):
+            return True
+        log(f"refused {protocol} connection from {peer_name(address)}: not in --allow")
+        transport.abort()
+        return False
 
     def close_all(self) -> None:
         """Shutdown: end every call as interrupted and close its connection."""
@@ -279,6 +302,8 @@ def _log_unexpected(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 
 async def _listen(server: Server, spec: Listen) -> asyncio.Server:
     where: dict[str, Any] = {"sock": spec.sock} if spec.sock else {"host": spec.host, "port": spec.port}
+    if spec.tls is not None:
+        where |= {"ssl": spec.tls, "ssl_handshake_timeout": server.read_timeout}
     connection = spec.connection
     return await asyncio.get_running_loop().create_server(lambda: connection(server), **where, backlog=BACKLOG)
 
@@ -289,12 +314,14 @@ async def serve(
     read_timeout: float = 10.0,
     marks: bool = False,
     worker: int | None = None,
+    policy: Policy | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then end every call ("interrupted"), report it, and return.
 
     `worker`: this process's index under `serve --workers`, named in its `listening` and call `start` lines.
+    `policy`: who may connect (security.py).
     """
-    server = Server(hub, read_timeout, marks, worker)
+    server = Server(hub, read_timeout, marks, worker, policy)
     listeners = []
     for spec in listen:
         try:
