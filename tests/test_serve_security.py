@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from serve_support import (
 )
 from websockets.datastructures import Headers
 
+from anger_stream.serve import mediastream
 from anger_stream.serve.security import TOKEN_ENV, TWILIO_ENV
 
 TOKEN = "shared-token-5f0c2a9e7b41d8c3"
@@ -119,6 +121,41 @@ def test_refused_upgrades_get_401_or_403_and_one_line(guarded: ServeProcess) -> 
     secrets_absent(guarded)
 
 
+def sent_then_closed(port: int, client: ssl.SSLContext, samples: np.ndarray) -> str:
+    """A whole Media Streams call over TLS written at once, then close_notify and FIN without waiting for
+    anything; returns the call id."""
+    from websockets.client import ClientProtocol
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    from tools.telephone import mulaw_encode
+
+    call, sid = f"CA{uuid.uuid4().hex}", f"MZ{uuid.uuid4().hex}"
+    payload = mulaw_encode(samples.astype(np.float32) / 32768.0)
+    ws = ClientProtocol(parse_uri(f"wss://127.0.0.1:{port}/media"))
+    with client.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1") as s:
+        request = ws.connect()
+        request.headers["Authorization"] = f"Bearer {TOKEN}"
+        ws.send_request(request)
+        s.sendall(b"".join(ws.data_to_send()))
+        while ws.state is State.CONNECTING:
+            ws.receive_data(s.recv(4096))
+        for message in (
+            [mediastream.start_message(sid, call)]
+            + [
+                mediastream.media_message(sid, payload[i : i + 160], n + 1, i // 8)
+                for n, i in enumerate(range(0, len(payload), 160))
+            ]
+            + [mediastream.stop_message(sid, call)]
+        ):
+            ws.send_text(message.encode())
+        s.sendall(b"".join(ws.data_to_send()))
+        with contextlib.suppress(ssl.SSLError):  # the server's answer may arrive first
+            s.unwrap()
+        s.shutdown(socket.SHUT_WR)
+    return call
+
+
 def test_wss_with_a_self_signed_certificate(speech: np.ndarray, tmp_path: Path) -> None:
     cert, key = self_signed_certificate(tmp_path)
     srv = ServeProcess("--tls-cert", str(cert), "--tls-key", str(key), "--token", TOKEN,
@@ -132,6 +169,10 @@ def test_wss_with_a_self_signed_certificate(speech: np.ndarray, tmp_path: Path) 
         assert events[-1]["state"] == "end"
         assert_same_events(events[:-1], expected_lines(mulaw_roundtrip(clip), 8000, call))
         assert refused_status(f"wss://127.0.0.1:{port}/media", ssl=client)[0] == 401  # TLS alone is not enough
+        hasty = sent_then_closed(port, client, clip)  # asyncio closes TLS connections at EOF: nothing is lost
+        events = srv.call_events(hasty)
+        assert events[-1]["state"] == "end"
+        assert_same_events(events[:-1], expected_lines(mulaw_roundtrip(clip), 8000, hasty))
         with pytest.raises(ssl.SSLCertVerificationError):  # the client checks the server's certificate
             mediastream_call(port, clip, tls=ssl.create_default_context())
         with socket.create_connection(("127.0.0.1", port)) as s:  # plain ws:// to the TLS port: no call
@@ -144,7 +185,7 @@ def test_wss_with_a_self_signed_certificate(speech: np.ndarray, tmp_path: Path) 
             assert not reply.startswith(b"HTTP")
     finally:
         assert srv.stop() == 0
-    assert [e["state"] for e in srv.events if e.get("type") == "status" and e.get("call")] == ["start", "end"]
+    assert [e["state"] for e in srv.events if e.get("type") == "status" and e.get("call")] == ["start", "end"] * 2
     others = [line for line in srv.stderr if " listening on " not in line]  # failed handshakes leave no line
     assert len(others) == 1 and others[0].endswith(": no token\n"), others
     secrets_absent(srv)

@@ -88,8 +88,13 @@ class CallConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        self._turn()
-        return True  # the connection closes once everything received has been handled
+        if self.transport.get_extra_info("sslcontext") is None:
+            self._turn()
+            return True  # the connection closes once everything received has been handled
+        # over TLS, asyncio closes the connection right after this: everything received is handled now
+        while not self.transport.is_closing() and self._step():
+            pass
+        return False
 
     def pause_writing(self) -> None:
         """More than MAX_OUTPUT bytes wait for a peer that does not read them."""
