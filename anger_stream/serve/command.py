@@ -73,6 +73,7 @@ def serve(
         str | None,
         typer.Option(
             envvar=TOKEN_ENV,
+            metavar="TOKEN",
             help="Media Streams: admit only upgrades presenting this secret (Authorization: Bearer, or ?token=). "
             "Better in the environment variable: a command line is visible to other users.",
         ),
@@ -81,19 +82,23 @@ def serve(
         str | None,
         typer.Option(
             envvar=TWILIO_ENV,
+            metavar="TOKEN",
             help="Media Streams: admit upgrades signed by Twilio (X-Twilio-Signature) with this account's auth token "
             "(better in the environment variable).",
         ),
     ] = None,
     tls_cert: Annotated[
-        Path | None, typer.Option(help="Media Streams: serve wss:// with this PEM certificate (chain).")
+        Path | None, typer.Option(metavar="PEM", help="Media Streams: serve wss:// with this certificate (chain).")
     ] = None,
     tls_key: Annotated[
-        Path | None, typer.Option(help="Its private key (PEM; default: in the --tls-cert file).")
+        Path | None, typer.Option(metavar="PEM", help="Its private key (default: in the --tls-cert file).")
     ] = None,
     allow: Annotated[
         list[str] | None,
-        typer.Option(help="Accept connections only from this network, e.g. 10.0.0.0/8 (repeatable; both protocols)."),
+        typer.Option(
+            metavar="NETWORK",
+            help="Accept connections only from this network, e.g. 10.0.0.0/8 (repeatable; both protocols).",
+        ),
     ] = None,
 ) -> None:
     """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.
