@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIPECAT_VENV := .venv-pipecat
 APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox haproxy tmux
 SHARED ?= ../shared
 
@@ -15,10 +14,9 @@ demo-file: $(BIN)/anger-stream  ## no microphone? synthesise a sentence and run 
 	espeak-ng -w /tmp/anger-demo.wav "Why is nobody answering? I have been waiting for an hour!"
 	$(BIN)/anger-stream --input /tmp/anger-demo.wav --realtime --threshold 0.6
 
-test: deps $(VENV)/.test-installed $(PIPECAT_VENV)/.test-installed  ## set up everything and run the checks and the test suite
+test: deps $(VENV)/.test-installed  ## set up everything and run the checks and the test suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
-	$(PIPECAT_VENV)/bin/python -m pytest -q tests/test_pipecat.py
 
 deps:  ## system packages (Debian): PortAudio, libsndfile, PulseAudio, espeak-ng, sox, HAProxy
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -39,12 +37,6 @@ $(VENV)/.test-installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-$(PIPECAT_VENV)/.test-installed: pyproject.toml  # Pipecat's pins clash with the train extra: its own venv
-	$(PYTHON) -m venv $(PIPECAT_VENV)
-	$(PIPECAT_VENV)/bin/pip install -q --upgrade pip
-	$(PIPECAT_VENV)/bin/pip install -q -e ".[test-pipecat]"
-	touch $@
-
 model: $(VENV)/.test-installed  ## retrain and export the shipped model from the corpora in $(SHARED)
 	$(BIN)/python -m tools.train --manifest $(SHARED)/data/ravdess/manifest.csv --manifest $(SHARED)/data/ased/manifest.csv \
 	  --dev $(SHARED)/data/emodb/manifest.csv --pretrained $(SHARED)/pretrained/soundnet8_conv1-5.npz \
@@ -59,4 +51,4 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(PIPECAT_VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -19,7 +19,7 @@ from serve_support import assert_same_events
 from anger_stream.audio import resample
 from anger_stream.detector import AngerDetector
 
-pytest.importorskip("pipecat", reason="needs Pipecat: make test runs it in .venv-pipecat (extra test-pipecat)")
+pytest.importorskip("pipecat", reason="needs Pipecat (the pipecat extra, part of the test extra)")
 
 from loguru import logger  # noqa: E402  (after the skip: both come with the extra)
 from pipecat.frames.frames import CancelFrame, ErrorFrame, InputAudioRawFrame, OutputAudioRawFrame, TextFrame  # noqa: E402
