@@ -2,23 +2,28 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox haproxy tmux
+APT_PACKAGES := python3-venv libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox haproxy tmux
+DEMO_CALM := Hello. I would like to check the status of my order, please. Thank you.
+DEMO_ANGRY := No! No! I want my money back, right now!
 SHARED ?= ../shared
 
 .PHONY: demo demo-file test lint deps model evaluate bench clean
 
-demo: $(BIN)/anger-stream  ## set up the runtime and run the detector on the default microphone
+demo: deps $(BIN)/anger-stream  ## set up the runtime and run the detector on the default microphone
 	$(BIN)/anger-stream --threshold 0.6
 
-demo-file: $(BIN)/anger-stream  ## no microphone? synthesise a sentence and run it in real time
-	espeak-ng -w /tmp/anger-demo.wav "Why is nobody answering? I have been waiting for an hour!"
-	$(BIN)/anger-stream --input /tmp/anger-demo.wav --realtime --threshold 0.6
+demo-file: deps $(BIN)/anger-stream  ## no microphone? a calm and an angry synthetic line, in real time
+	@dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
+	espeak-ng -w "$$dir/calm.wav" "$(DEMO_CALM)" && \
+	espeak-ng -s 200 -p 99 -a 200 -g 0 -w "$$dir/angry.wav" "$(DEMO_ANGRY)" && \
+	sox "$$dir/calm.wav" "$$dir/angry.wav" "$$dir/demo.wav" && \
+	$(BIN)/anger-stream --input "$$dir/demo.wav" --realtime --threshold 0.6
 
 test: deps $(VENV)/.test-installed  ## set up everything and run the checks and the test suite
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
-deps:  ## system packages (Debian): PortAudio, libsndfile, PulseAudio, espeak-ng, sox, HAProxy
+deps:  ## system packages (Debian): python3-venv, PortAudio, libsndfile, PulseAudio, espeak-ng, sox, HAProxy
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

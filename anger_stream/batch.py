@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
-from . import channels
+from . import channels, options
 from .detector import AngerDetector, DetectorConfig
 from .events import AngerEnd, AngerStart, Event, Window
-from .model import AngerModel, ModelError
+from .model import PACKAGED_MODELS, AngerModel, ModelError
 from .sources import InputError
 from .sources.file import Recording, read_recording, require_regular
 
@@ -360,8 +360,13 @@ def batch(
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip recordings already in --out; append.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry.")] = 0.6,
-    model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
+    threshold: options.Threshold = None,
+    model: options.Model = None,
+    min_dbfs: options.MinDbfs = None,
+    patience: options.Patience = None,
+    hysteresis: options.Hysteresis = None,
+    config_file: options.ConfigFile = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")] = False,
     timeout: Annotated[
         float, typer.Option(min=0.001, help="Seconds a worker may spend on one file before it gets an error line.")
     ] = DEFAULT_TIMEOUT,
@@ -377,8 +382,12 @@ def batch(
     Exit codes: 0 all scored; 3 some failed (see their "error") or none found; 2 usage or scheduler unreachable;
     5 model error; 130 interrupted (rerun with --resume).
     """
-    from .stdio import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_USAGE, fail, warn
+    from .stdio import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_USAGE, fail, require, warn
 
+    require("distributed", "batch", "batch")
+    settings = options.detector_settings(
+        config_file, threshold=threshold, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis
+    )
     if channel_mode not in channels.MODES:
         fail(f"--channels must be one of {', '.join(channels.MODES)}", EXIT_USAGE)
     if scheduler is not None and workers is not None:
@@ -392,13 +401,15 @@ def batch(
     todo = [p for p in recordings if p not in done]
     if done:
         warn(f"resuming: {len(recordings) - len(todo)} of {len(recordings)} recordings already in {out}")
-    model_path = str(model.absolute()) if model is not None else None
+    model_path = settings.model  # a packaged model's name or None: the same on every worker
+    if model_path is not None and model_path not in PACKAGED_MODELS:
+        model_path = str(Path(model_path).absolute())
     try:
         AngerModel(model_path)  # fail fast, before starting a cluster
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
 
-    job = Job(model_path, DetectorConfig(threshold=threshold), channel_mode, timeout)
+    job = Job(model_path, settings.config, channel_mode, timeout)
     failed, warned, stop = 0, 0, threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -413,7 +424,7 @@ def batch(
         with (
             connect(scheduler, workers or DEFAULT_WORKERS) as client,
             out.open("a" if resume else "w", encoding="utf-8") as sink,
-            progress_bar(len(todo)) as advance,
+            progress_bar(len(todo)) if not quiet else nullcontext(lambda line: None) as advance,
         ):
 
             def write(line: dict[str, Any]) -> None:

@@ -11,16 +11,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 
-from . import audio
+from . import __version__, options
 from .batch import batch
 from .calibrate import calibrate_command
-from .detector import AngerDetector
+from .detector import AngerDetector, check_rate
 from .events import AngerStart, Event, Status, Window, to_json
 from .model import ModelError
 from .report import report
@@ -32,17 +31,28 @@ from .stdio import (
     EXIT_INTERNAL,
     EXIT_MODEL,
     EXIT_OUTPUT,
+    EXIT_USAGE,
     OutputError,
     StdoutClosed,
     emit_line,
     fail,
     mute_native_stderr,
+    warn,
 )
+
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+RAW_FORMATS = ("s16le", "f32le", "mulaw", "alaw")
+DEFAULT_FORMAT, DEFAULT_RATE = "s16le", 16000
 
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Real-time anger detection in speech: JSON lines on stdout, a live meter on stderr.",
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 for command in (batch, report, serve):
     app.command()(command)
@@ -110,6 +120,9 @@ def _print_devices(as_json: bool) -> None:
 
     mute_native_stderr()
     devices = list_input_devices()
+    if not devices:
+        warn("no audio input devices found; --input FILE reads a file, --input - reads standard input")
+        return
     if as_json:
         for d in devices:
             emit_line(json.dumps(d))
@@ -130,67 +143,137 @@ def _print_devices(as_json: bool) -> None:
     Console(stderr=True).print(table)
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"anger-stream {__version__}")
+        raise typer.Exit()
+
+
+def _refuse_options_before(ctx: typer.Context) -> None:
+    """Options of the detector given before a subcommand would be ignored: a usage error instead."""
+    given = [p.opts[0] for p in ctx.command.params if ctx.get_parameter_source(p.name).name == "COMMANDLINE"]
+    if given:
+        fail(
+            f"{', '.join(given)} before `{ctx.invoked_subcommand}` would be ignored: a command's options go after "
+            f"its name (anger-stream {ctx.invoked_subcommand} --help lists them)",
+            EXIT_USAGE,
+        )
+
+
 @app.callback(invoke_without_command=True)
 def detect(
     ctx: typer.Context,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry.")] = 0.6,
     input: Annotated[
-        str | None, typer.Option("--input", "-i", help="Audio file, or - for raw PCM on stdin. Default: mic.")
+        str | None,
+        typer.Option(
+            "--input", "-i", metavar="FILE", help="Audio file, or - for standard input. [default: the microphone]"
+        ),
     ] = None,
-    format: Annotated[str, typer.Option(help="Raw stdin format: s16le, f32le, mulaw or alaw.")] = "s16le",
-    rate: Annotated[int, typer.Option(min=1000, max=384000, help="Raw stdin sample rate in Hz.")] = 16000,
-    device: Annotated[str | None, typer.Option(help="Input device name or index (see --list-devices).")] = None,
+    threshold: options.Threshold = None,
+    model: options.Model = None,
+    min_dbfs: options.MinDbfs = None,
+    patience: options.Patience = None,
+    hysteresis: options.Hysteresis = None,
+    window: options.Window = None,
+    hop: options.Hop = None,
+    config: options.ConfigFile = None,
+    events_only: options.EventsOnly = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live meter on stderr.")] = False,
+    realtime: Annotated[bool, typer.Option("--realtime", help="Pace file and stdin input in real time.")] = False,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FMT",
+            help=f"Headerless stdin: {', '.join(RAW_FORMATS)}. Required for raw audio that is not "
+            f"{DEFAULT_FORMAT}; WAV, FLAC and OGG are recognised. [default: {DEFAULT_FORMAT}]",
+        ),
+    ] = None,
+    rate: Annotated[
+        int | None,
+        typer.Option(
+            metavar="HZ",
+            help=f"Headerless stdin: sample rate. Required for raw audio not at {DEFAULT_RATE} Hz. "
+            f"[default: {DEFAULT_RATE}]",
+        ),
+    ] = None,
+    device: Annotated[str | None, typer.Option(metavar="NAME|INDEX", help="Input device (see --list-devices).")] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List input devices and exit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --list-devices: JSON lines on stdout.")] = False,
-    realtime: Annotated[bool, typer.Option(help="Pace file/stdin input in real time.")] = False,
-    events_only: Annotated[bool, typer.Option("--events-only", help="Leave out the window lines.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live meter on stderr.")] = False,
-    model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
-    window: Annotated[float, typer.Option(help="Window length in seconds.")] = audio.WINDOW_S,
-    hop: Annotated[float, typer.Option(help="Hop between windows in seconds.")] = audio.HOP_S,
-    min_dbfs: Annotated[float, typer.Option(help="Silence gate: quieter windows are not scored.")] = audio.MIN_DBFS,
-    patience: Annotated[int, typer.Option(min=1, help="Angry windows in a row to start a segment.")] = 1,
-    hysteresis: Annotated[float, typer.Option(min=0.0, help="A segment ends below threshold - this.")] = 0.1,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
-    """Listen to the microphone (or --input) and report anger every hop."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from .sources.raw import FORMATS
+    """Real-time anger detection in speech: listen to the microphone (or --input) and report p(anger) every
+    hop as JSON lines on stdout, with a live meter on stderr.
 
-    if format not in FORMATS:
-        raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
+    Commands (anger-stream COMMAND -h for their options): serve for phone calls, batch for archives of
+    recordings, report for one recording's timeline.
+    """
+    if ctx.invoked_subcommand is not None:
+        _refuse_options_before(ctx)
+        return
+    if format is not None and format not in RAW_FORMATS:
+        fail(f"--format must be one of {', '.join(RAW_FORMATS)}, not {format!r}", EXIT_USAGE)
+    if (format is not None or rate is not None) and input != "-":
+        fail("--format and --rate describe headerless audio on standard input (--input -)", EXIT_USAGE)
+    if rate is not None:
+        try:
+            check_rate(rate)
+        except ValueError as exc:
+            fail(f"--rate: {exc}", EXIT_USAGE)
+    settings = options.detector_settings(
+        config,
+        threshold=threshold,
+        model=model,
+        min_dbfs=min_dbfs,
+        patience=patience,
+        hysteresis=hysteresis,
+        window=window,
+        hop=hop,
+    )
     try:
         if list_devices:
             _print_devices(as_json)
             return
-        try:
-            detector = AngerDetector(
-                model,
-                threshold,
-                window_s=window,
-                hop_s=hop,
-                min_dbfs=min_dbfs,
-                patience=patience,
-                hysteresis=hysteresis,
-            )
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
+        detector = AngerDetector(settings.model, config=settings.config)
         _detect(detector, input, format, rate, device, realtime, events_only, quiet)
     except StdoutClosed:
         return
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
     except DeviceError as exc:
-        fail(str(exc), EXIT_DEVICE)
+        hint = "; --list-devices shows the input devices, --input reads a file (- for stdin)"
+        fail(f"{exc}{hint if input is None else ''}", EXIT_DEVICE)
     except InputError as exc:
         fail(str(exc), EXIT_INPUT)
+
+
+def _stdin(fmt: str | None, rate: int | None) -> tuple[Iterator[np.ndarray], int, dict[str, Any]]:
+    """Chunks, sample rate and description of standard input: a WAV, FLAC or OGG stream, or raw audio."""
+    from .sources import stdin
+    from .sources.raw import read_raw
+
+    stream = sys.stdin.buffer
+    kind = stdin.sniff(stream)
+    if kind is not None:
+        if fmt is not None or rate is not None:
+            fail(f"standard input is a {kind} stream: --format and --rate are for headerless audio", EXIT_USAGE)
+        f = stdin.open_stream(stream, kind)
+        return stdin.read_stream(f), f.samplerate, {"source": "stdin", "format": kind.lower()}
+    if fmt is None and rate is None:
+        warn(
+            f"standard input has no WAV, FLAC or OGG header: reading it as raw {DEFAULT_FORMAT} at {DEFAULT_RATE} Hz "
+            "(give --format and --rate for raw audio)"
+        )
+    fmt, rate = fmt or DEFAULT_FORMAT, rate or DEFAULT_RATE
+    return read_raw(stream, fmt), rate, {"source": "stdin", "format": fmt}
 
 
 def _detect(
     detector: AngerDetector,
     input: str | None,
-    fmt: str,
-    rate: int,
+    fmt: str | None,
+    rate: int | None,
     device: str | None,
     realtime: bool,
     events_only: bool,
@@ -198,26 +281,28 @@ def _detect(
 ) -> None:
     from contextlib import ExitStack
 
+    mute_native_stderr()  # PortAudio, ALSA and libmpg123 write to fd 2; errors here stay one line
     with ExitStack() as stack:
         overflows: Callable[[], int] = lambda: 0  # noqa: E731
         if input is None:
             from .sources.microphone import Microphone
 
-            mute_native_stderr()
             mic = stack.enter_context(Microphone(device))
-            chunks, rate, overflows = iter(mic), mic.sample_rate, lambda: mic.overflows
+            chunks, sample_rate, overflows = iter(mic), mic.sample_rate, lambda: mic.overflows
             info: dict[str, Any] = {"source": "microphone", "device": mic.name}
         elif input == "-":
-            from .sources.raw import read_raw
-
-            chunks, info = read_raw(sys.stdin.buffer, fmt), {"source": "stdin", "format": fmt}
+            chunks, sample_rate, info = _stdin(fmt, rate)
         else:
             from .sources.file import open_file, read_blocks
 
             f = stack.enter_context(open_file(input))
-            chunks, rate, info = read_blocks(f), f.samplerate, {"source": input}
+            chunks, sample_rate, info = read_blocks(f), f.samplerate, {"source": input}
+        try:
+            check_rate(sample_rate)
+        except ValueError as exc:
+            raise InputError(f"{info['source']}: {exc}") from None
         if realtime and input is not None:
-            chunks = paced(chunks, rate)
+            chunks = paced(chunks, sample_rate)
 
         meter = None
         if not quiet and sys.stderr.isatty():
@@ -232,18 +317,30 @@ def _detect(
             if meter is not None:
                 meter.update(events)
 
-        run_stream(detector, chunks, rate, info, publish, overflows)
+        run_stream(detector, chunks, sample_rate, info, publish, overflows)
+
+
+def _usage_error(exc: ClickException) -> int:
+    """A command-line mistake as one line on stderr, with where to find the options."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    hint = f" ({ctx.command_path} -h lists the options)" if ctx is not None else ""
+    print(f"anger-stream: error: {message}{hint}", file=sys.stderr)
+    return exc.exit_code
 
 
 def main() -> None:
-    """Console-script entry point: a clean one-line error for anything unexpected."""
+    """Console-script entry point: one line on stderr and a documented exit code for every error."""
     try:
-        app()
+        code = typer.main.get_command(app).main(prog_name="anger-stream", standalone_mode=False)
+    except ClickException as exc:
+        code = _usage_error(exc)
     except (StdoutClosed, KeyboardInterrupt):
-        sys.exit(0)
+        code = 0
     except OutputError as exc:
         print(f"anger-stream: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_OUTPUT)
+        code = EXIT_OUTPUT
     except Exception as exc:  # the last line of defence: never a traceback for the user
         print(f"anger-stream: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(EXIT_INTERNAL)
+        code = EXIT_INTERNAL
+    sys.exit(code if isinstance(code, int) else 0)

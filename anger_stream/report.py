@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from . import audio, channels
+from . import audio, channels, options
 from .batch import record as make_record
 from .detector import AngerDetector, DetectorConfig
 
@@ -61,7 +61,7 @@ def lanes(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(f"channel {c['channel']}", c) for c in record["channels"]]
 
 
-def draw(record: dict[str, Any], samples: np.ndarray, rate: int, threshold: float, out: Path) -> None:
+def draw(record: dict[str, Any], samples: np.ndarray, rate: int, config: DetectorConfig, out: Path) -> None:
     """Write the figure of one batch record (and its audio, for the level) to `out` (PNG).
 
     `samples` are the recording's (frames, channels); a split record gets one level curve and one p(anger)
@@ -70,7 +70,7 @@ def draw(record: dict[str, Any], samples: np.ndarray, rate: int, threshold: floa
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MultipleLocator
 
-    config = DetectorConfig(threshold=threshold)
+    threshold = config.threshold
     duration = record["duration"]
     rows = lanes(record)
     split = record.get("channels") is not None
@@ -153,40 +153,55 @@ def report(
     source: Annotated[Path, typer.Argument(help="A recording, or batch results (.jsonl) with --path.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
     path: Annotated[str | None, typer.Option(help="With batch results: the recording to draw (path or name).")] = None,
-    threshold: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry (default: 0.6).")
-    ] = None,
-    model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
+    threshold: options.Threshold = None,
+    model: options.Model = None,
+    min_dbfs: options.MinDbfs = None,
+    patience: options.Patience = None,
+    hysteresis: options.Hysteresis = None,
+    config_file: options.ConfigFile = None,
     channel_mode: Annotated[
         str | None,
         typer.Option("--channels", help="mix: the channels averaged (default); split: one lane per channel (calls)."),
     ] = None,
 ) -> None:
-    """Draw one recording's timeline (level, p(anger), threshold, anger segments) as a PNG."""
+    """Draw one recording's timeline (level, p(anger), threshold, anger segments) as a PNG.
+
+    From batch results, the recording is drawn with the settings batch scored it with.
+    """
     from .model import ModelError
     from .sources import InputError
     from .sources.file import read_recording
-    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail
+    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail, require
 
+    require("matplotlib", "batch", "report")
+    detector_options = {
+        "threshold": threshold,
+        "model": model,
+        "min_dbfs": min_dbfs,
+        "patience": patience,
+        "hysteresis": hysteresis,
+    }
     try:
         if source.suffix == ".jsonl":
-            if path is None or threshold is not None or model is not None or channel_mode is not None:
-                fail("batch results need --path, and take neither --threshold, --model nor --channels", EXIT_USAGE)
+            given = [v for v in (*detector_options.values(), config_file, channel_mode) if v is not None]
+            if path is None or given:
+                fail("batch results need --path and take no detector options or --channels", EXIT_USAGE)
             record = find_record(source, path)
             if record["error"] is not None:
                 fail(f"{record['path']} was not scored: {record['error']}", EXIT_INPUT)
             recording = read_recording(record["path"])
-            threshold = record["threshold"]
+            config = DetectorConfig(threshold=record["threshold"])
         else:
             if path is not None:
                 fail("--path is for batch results (.jsonl)", EXIT_USAGE)
-            threshold = 0.6 if threshold is None else threshold
+            settings = options.detector_settings(config_file, **detector_options)
+            config = settings.config
             mode = channel_mode or "mix"
             if mode not in channels.MODES:
                 fail(f"--channels must be one of {', '.join(channels.MODES)}", EXIT_USAGE)
             recording = read_recording(source)
-            record = make_record(str(source), recording, AngerDetector(model, threshold), mode)
-        draw(record, recording.samples, recording.rate, threshold, out)
+            record = make_record(str(source), recording, AngerDetector(settings.model, config=config), mode)
+        draw(record, recording.samples, recording.rate, config, out)
     except (InputError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0], EXIT_INPUT)
     except ModelError as exc:

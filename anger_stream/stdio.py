@@ -69,3 +69,11 @@ def mute_native_stderr() -> None:
     sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     _muted = True
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """A usage error naming the pip extra when an optional dependency of `what` is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        fail(f'{what} needs {module}, which is not installed: pip install "anger-stream[{extra}]"', EXIT_USAGE)

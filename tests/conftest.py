@@ -6,6 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -73,30 +76,46 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def onnx_model(path: Path, nodes: list, output_shape: list, constants: dict[str, float | list[int]]) -> Path:
+    """A hand-built ONNX model from input `audio` [batch, samples] to output `p` of `output_shape`; constants
+    are float scalars or int64 vectors."""
+    tensors = [
+        helper.make_tensor(k, TensorProto.INT64, [len(v)], v)
+        if isinstance(v, list)
+        else helper.make_tensor(k, TensorProto.FLOAT, [], [v])
+        for k, v in constants.items()
+    ]
+    graph = helper.make_graph(
+        nodes,
+        path.stem,
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, output_shape)],
+        tensors,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def peak_nodes() -> list:
+    """Nodes computing `peak`, max |x| per window."""
+    return [
+        helper.make_node("Abs", ["audio"], ["abs"]),
+        helper.make_node("ReduceMax", ["abs"], ["peak"], axes=[1], keepdims=0),
+    ]
+
+
 @pytest.fixture(scope="session")
 def peak_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A hand-built ONNX model, p = sigmoid((max|x| - 60) / 10): prepared noise (crest ~4, peak >100) scores
     high, a sine (peak 36) low."""
     nodes = [
-        helper.make_node("Abs", ["audio"], ["abs"]),
-        helper.make_node("ReduceMax", ["abs"], ["peak"], axes=[1], keepdims=0),
+        *peak_nodes(),
         helper.make_node("Sub", ["peak", "sixty"], ["centred"]),
         helper.make_node("Div", ["centred", "ten"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["p"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "peak",
-        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch"])],
-        [
-            helper.make_tensor("sixty", TensorProto.FLOAT, [], [60.0]),
-            helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]),
-        ],
-    )
     path = tmp_path_factory.mktemp("model") / "peak.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
+    return onnx_model(path, nodes, ["batch"], {"sixty": 60.0, "ten": 10.0})
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +129,33 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
 def read_mono(path: Path) -> tuple[np.ndarray, int]:
     x, rate = sf.read(str(path), dtype="float32", always_2d=True)
     return x.mean(axis=1), rate
+
+
+@contextmanager
+def pulse_daemon(tmp_path: Path, modules: str = "") -> Iterator[dict[str, str]]:
+    """A user-space PulseAudio daemon with only `modules` (config lines) loaded; yields the environment that
+    points clients at it (DAEMON_PID: its process id). Skips the test without pulseaudio and its tools."""
+    if not (shutil.which("pulseaudio") and shutil.which("paplay")):
+        pytest.skip("needs pulseaudio and pulseaudio-utils")
+    socket = tmp_path / "native"
+    config = tmp_path / "daemon.pa"
+    config.write_text(f"load-module module-native-protocol-unix auth-anonymous=1 socket={socket}\n{modules}")
+    env = {**os.environ, "PULSE_RUNTIME_PATH": str(tmp_path / "run"), "PULSE_SERVER": f"unix:{socket}"}
+    daemon = subprocess.Popen(
+        ["pulseaudio", "-n", "-F", str(config), "--daemonize=no", "--exit-idle-time=-1", "--realtime=no",
+         "--disallow-exit", "--log-target=stderr"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
+            assert daemon.poll() is None and time.monotonic() < deadline, "pulseaudio did not start"
+            time.sleep(0.1)
+        env["DAEMON_PID"] = str(daemon.pid)
+        yield env
+    finally:
+        daemon.kill()
+        daemon.wait()
 
 
 def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

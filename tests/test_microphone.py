@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLI, read_mono
+from conftest import CLI, pulse_daemon, read_mono
 
 from anger_stream import AngerDetector, audio
 
@@ -30,29 +29,12 @@ pytestmark = pytest.mark.mic
 @pytest.fixture()
 def pulse(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A PulseAudio daemon with a 16 kHz mono null sink whose monitor is the default source."""
-    if not (shutil.which("pulseaudio") and shutil.which("paplay")):
-        pytest.skip("needs pulseaudio and pulseaudio-utils")
-    socket = tmp_path / "native"
-    config = tmp_path / "vmic.pa"
-    config.write_text(
-        f"load-module module-native-protocol-unix auth-anonymous=1 socket={socket}\n"
+    with pulse_daemon(
+        tmp_path,
         f"load-module module-null-sink sink_name={SINK} format=s16le rate=16000 channels=1 norewinds=1\n"
-        f"set-default-source {SINK}.monitor\n"
-    )
-    env = {**os.environ, "PULSE_RUNTIME_PATH": str(tmp_path / "run"), "PULSE_SERVER": f"unix:{socket}"}
-    daemon = subprocess.Popen(
-        ["pulseaudio", "-n", "-F", str(config), "--daemonize=no", "--exit-idle-time=-1", "--realtime=no",
-         "--disallow-exit", "--log-target=stderr"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
-        assert daemon.poll() is None and time.monotonic() < deadline, "pulseaudio did not start"
-        time.sleep(0.1)
-    env["DAEMON_PID"] = str(daemon.pid)
-    yield env
-    daemon.kill()
-    daemon.wait()
+        f"set-default-source {SINK}.monitor\n",
+    ) as env:
+        yield env
 
 
 def start_cli(env: dict[str, str], *args: str) -> subprocess.Popen:

@@ -6,39 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from conftest import onnx_model, peak_nodes
+from onnx import helper
 
 from anger_stream import AngerDetector, AngerModel, DetectorConfig, ModelError, StreamSet
 from anger_stream.detector import check_rate
-
-
-def onnx_model(path: Path, nodes: list, output_shape: list, constants: dict[str, float | list[int]]) -> Path:
-    """A hand-built model from input `audio` [batch, samples] to output `p` of `output_shape`; constants are
-    float scalars or int64 vectors."""
-    tensors = [
-        helper.make_tensor(k, TensorProto.INT64, [len(v)], v)
-        if isinstance(v, list)
-        else helper.make_tensor(k, TensorProto.FLOAT, [], [v])
-        for k, v in constants.items()
-    ]
-    graph = helper.make_graph(
-        nodes,
-        path.stem,
-        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, output_shape)],
-        tensors,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
-
-
-def peak(node_out: str = "peak") -> list:
-    return [
-        helper.make_node("Abs", ["audio"], ["abs"]),
-        helper.make_node("ReduceMax", ["abs"], [node_out], axes=[1], keepdims=0),
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +29,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         # 82.7 for every window: not a probability
         "not_probability": onnx_model(
             d / "big.onnx",
-            [*peak(), helper.make_node("Mul", ["peak", "zero"], ["z"]), helper.make_node("Add", ["z", "c"], ["p"])],
+            [
+                *peak_nodes(),
+                helper.make_node("Mul", ["peak", "zero"], ["z"]),
+                helper.make_node("Add", ["z", "c"], ["p"]),
+            ],
             ["batch"],
             {"zero": 0.0, "c": 82.7},
         ),
@@ -64,7 +41,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "nan_when_loud": onnx_model(
             d / "nan.onnx",
             [
-                *peak(),
+                *peak_nodes(),
                 helper.make_node("Div", ["peak", "sixty"], ["r"]),
                 helper.make_node("Sub", ["one", "r"], ["q"]),
                 helper.make_node("Sqrt", ["q"], ["p"]),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .. import audio
+from .. import options
 from ..events import Event, Window, to_json
 from .security import TOKEN_ENV, TWILIO_ENV
 
@@ -50,12 +50,13 @@ def serve(
         str | None,
         typer.Option(help=f"Serve Media Streams WebSockets on HOST:PORT (e.g. {DEFAULT_MEDIASTREAM})."),
     ] = None,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="p(anger) at or above this is angry.")] = 0.6,
-    model: Annotated[Path | None, typer.Option(help="ONNX model (default: the packaged one).")] = None,
-    events_only: Annotated[bool, typer.Option("--events-only", help="Leave out the window lines.")] = False,
-    min_dbfs: Annotated[float, typer.Option(help="Silence gate: quieter windows are not scored.")] = audio.MIN_DBFS,
-    patience: Annotated[int, typer.Option(min=1, help="Angry windows in a row to start a segment.")] = 1,
-    hysteresis: Annotated[float, typer.Option(min=0.0, help="A segment ends below threshold - this.")] = 0.1,
+    threshold: options.Threshold = None,
+    model: options.Model = None,
+    min_dbfs: options.MinDbfs = None,
+    patience: options.Patience = None,
+    hysteresis: options.Hysteresis = None,
+    config_file: options.ConfigFile = None,
+    events_only: options.EventsOnly = False,
     read_timeout: Annotated[
         float, typer.Option(min=0.1, help="Close a call that sends nothing for this many seconds.")
     ] = 10.0,
@@ -109,9 +110,8 @@ def serve(
     import asyncio
 
     from ..calls import MAX_WINDOWS_PER_TICK, Calls
-    from ..detector import DetectorConfig
     from ..model import AngerModel, ModelError
-    from ..stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, StdoutClosed, emit_line, fail
+    from ..stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, StdoutClosed, emit_line, fail, require
     from ..streams import StreamSet
     from .audiosocket_connection import AudioSocketConnection
     from .hub import Hub, ScoringThread, log
@@ -140,15 +140,14 @@ def serve(
     if audiosocket is not None:
         listen.append(Listen(AudioSocketConnection, *parse_address(audiosocket, "--audiosocket")))
     if mediastream is not None:
-        try:
-            from .mediastream_connection import MediaStreamConnection
-        except ImportError:
-            fail("--mediastream needs the websockets package: pip install 'anger-stream[serve]'", EXIT_USAGE)
+        require("websockets", "serve", "--mediastream")
+        from .mediastream_connection import MediaStreamConnection
+
         listen.append(Listen(MediaStreamConnection, *parse_address(mediastream, "--mediastream"), tls=tls))
-    try:
-        config = DetectorConfig(threshold=threshold, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    settings = options.detector_settings(
+        config_file, threshold=threshold, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis
+    )
+    config, model = settings.config, settings.model
     for spec in listen:
         if warning := exposure_warning(spec.protocol, spec.host, spec.port, policy, spec.tls is not None):
             log(warning)

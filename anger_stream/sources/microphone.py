@@ -86,6 +86,8 @@ class Microphone:
                 finished_callback=lambda: self._queue.put(None),
             )
         except (sd.PortAudioError, ValueError) as exc:
+            if self.device is None and not list_input_devices():
+                raise DeviceError("no microphone: this system has no audio input device") from None
             raise DeviceError(f"cannot open input device {self.device or '(default)'}: {exc}") from None
 
     def _callback(self, indata: np.ndarray, frames: int, time: Any, status: Any) -> None:

@@ -1,0 +1,150 @@
+"""The options shared by the commands that run the detector: one definition of each (name, help, default),
+the `--config` settings file, and their translation into a DetectorConfig and a model.
+
+A command takes the ones that apply to it as parameters annotated with these types, passes the detector's to
+`detector_settings`, and adds its own options beside them in its own module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .detector import DetectorConfig
+from .model import PACKAGED_MODELS
+from .stdio import EXIT_USAGE, fail
+
+DEFAULTS = DetectorConfig()
+
+Threshold = Annotated[
+    float | None,
+    typer.Option(metavar="P", help=f"p(anger) at or above this is angry. [default: {DEFAULTS.threshold}]"),
+]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        metavar="PATH|NAME",
+        help=f"ONNX model: a path, or a packaged model's name: {' or '.join(PACKAGED_MODELS)} (faster). "
+        "[default: fp32]",
+    ),
+]
+MinDbfs = Annotated[
+    float | None,
+    typer.Option(
+        "--min-dbfs",
+        metavar="DBFS",
+        help=f"Silence gate: quieter windows are not scored. [default: {DEFAULTS.min_dbfs:g}]",
+    ),
+]
+Patience = Annotated[
+    int | None,
+    typer.Option(metavar="N", help=f"Angry windows in a row to start an anger segment. [default: {DEFAULTS.patience}]"),
+]
+Hysteresis = Annotated[
+    float | None,
+    typer.Option(
+        metavar="H", help=f"A segment ends when p falls below threshold minus H. [default: {DEFAULTS.hysteresis}]"
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        help="JSON settings (threshold, patience, hysteresis, min_dbfs, model; each optional), e.g. from "
+        "`anger-stream calibrate`. Options given on the command line win.",
+    ),
+]
+Window = Annotated[
+    float | None, typer.Option(metavar="S", help=f"Window length in seconds. [default: {DEFAULTS.window_s}]")
+]
+Hop = Annotated[
+    float | None, typer.Option(metavar="S", help=f"Hop between windows in seconds. [default: {DEFAULTS.hop_s}]")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors and warnings.")]
+EventsOnly = Annotated[bool, typer.Option("--events-only", help="Leave out the window lines.")]
+
+FILE_KEYS = {"threshold": "threshold", "patience": "patience", "hysteresis": "hysteresis", "min_dbfs": "min_dbfs"}
+"""Keys of a settings file that are DetectorConfig fields (besides "model")."""
+OPTION_NAMES = {
+    "threshold": "--threshold",
+    "window_s": "--window",
+    "hop_s": "--hop",
+    "min_dbfs": "--min-dbfs",
+    "patience": "--patience",
+    "hysteresis": "--hysteresis",
+}
+"""DetectorConfig fields -> the options that set them."""
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """What the shared options decide: the detector's parameters and the model (a path or a packaged name)."""
+
+    config: DetectorConfig
+    model: str | None
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The settings in a --config file, checked for unknown keys; a relative model path is relative to it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"--config {path}: {exc.strerror or exc}", EXIT_USAGE)
+    except (ValueError, UnicodeDecodeError) as exc:
+        fail(f"--config {path}: not a JSON settings file ({exc})", EXIT_USAGE)
+    if not isinstance(data, dict):
+        fail(f"--config {path}: expected a JSON object of settings", EXIT_USAGE)
+    unknown = sorted(set(data) - set(FILE_KEYS) - {"model"})
+    if unknown:
+        known = ", ".join([*FILE_KEYS, "model"])
+        fail(f"--config {path}: unknown setting {', '.join(map(repr, unknown))} (known: {known})", EXIT_USAGE)
+    model = data.get("model")
+    if model is not None:
+        if not isinstance(model, str) or not model:
+            fail(f"--config {path}: model must be a path or one of {', '.join(PACKAGED_MODELS)}", EXIT_USAGE)
+        if model not in PACKAGED_MODELS and not Path(model).is_absolute():
+            data["model"] = str(path.parent / model)
+    return data
+
+
+def detector_settings(
+    config_file: Path | None,
+    *,
+    threshold: float | None = None,
+    model: str | None = None,
+    min_dbfs: float | None = None,
+    patience: int | None = None,
+    hysteresis: float | None = None,
+    window: float | None = None,
+    hop: float | None = None,
+) -> DetectorSettings:
+    """The settings file overlaid with the options given (None: not given), checked by DetectorConfig.
+
+    A value DetectorConfig refuses is a usage error naming the option or the file's key.
+    """
+    from_file = read_settings_file(config_file) if config_file is not None else {}
+    given = {
+        "threshold": threshold,
+        "min_dbfs": min_dbfs,
+        "patience": patience,
+        "hysteresis": hysteresis,
+        "window_s": window,
+        "hop_s": hop,
+    }
+    fields = {FILE_KEYS[k]: v for k, v in from_file.items() if k in FILE_KEYS}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    try:
+        config = replace(DEFAULTS, **fields)
+    except ValueError as exc:
+        name, _, reason = str(exc).partition(" ")
+        if name in fields and given.get(name) is None and name in FILE_KEYS.values():
+            where = f"--config {config_file}: {name}"
+        else:
+            where = OPTION_NAMES.get(name, name)
+        fail(f"{where} {reason}", EXIT_USAGE)
+    return DetectorSettings(config, model if model is not None else from_file.get("model"))
