@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -156,6 +157,30 @@ def pulse_daemon(tmp_path: Path, modules: str = "") -> Iterator[dict[str, str]]:
     finally:
         daemon.kill()
         daemon.wait()
+
+
+def json_lines(result: subprocess.CompletedProcess) -> list[dict]:
+    """The JSON lines a command wrote to stdout."""
+    return [json.loads(line) for line in result.stdout.decode().splitlines()]
+
+
+def window_probs(events: list[dict]) -> np.ndarray:
+    """p of every window event (NaN where silent)."""
+    return np.array([np.nan if e["p"] is None else e["p"] for e in events if e["type"] == "window"])
+
+
+def assert_one_line_error(
+    result: subprocess.CompletedProcess, code: int, *words: str, stdout: bytes | None = b""
+) -> None:
+    """The command failed with `code` and one `anger-stream: error:` line naming `words`; stdout as given
+    (None: not checked)."""
+    err = result.stderr.decode()
+    assert result.returncode == code, err
+    assert err.count("\n") == 1 and err.startswith("anger-stream: error:"), err
+    for word in words:
+        assert word in err, err
+    if stdout is not None:
+        assert result.stdout == stdout
 
 
 def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

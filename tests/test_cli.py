@@ -11,29 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import CLI, read_mono, run_cli
+from conftest import CLI, assert_one_line_error, read_mono, run_cli, window_probs
+from conftest import json_lines as lines
 
 from anger_stream import AngerDetector
 
 EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT = 3, 5, 6
-
-
-def lines(result: subprocess.CompletedProcess) -> list[dict]:
-    return [json.loads(line) for line in result.stdout.decode().splitlines()]
-
-
-def window_probs(events: list[dict]) -> np.ndarray:
-    return np.array([np.nan if e["p"] is None else e["p"] for e in events if e["type"] == "window"])
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
-    err = result.stderr.decode()
-    assert result.returncode == code, err
-    assert result.stdout == b""
-    assert err.count("\n") == 1 and err.startswith("anger-stream: error:"), err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in err
 
 
 def test_file_gives_json_lines_matching_score(speech_wav: Path) -> None:

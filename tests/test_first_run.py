@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import CLI, onnx_model, peak_nodes, pulse_daemon, read_mono, run_cli
+from conftest import CLI, assert_one_line_error, onnx_model, peak_nodes, pulse_daemon, read_mono, run_cli, window_probs
+from conftest import json_lines as lines
 from onnx import helper
 
 from anger_stream import AngerDetector
@@ -22,23 +23,6 @@ from anger_stream import AngerDetector
 REPO = Path(__file__).resolve().parents[1]
 EXIT_USAGE, EXIT_INPUT, EXIT_DEVICE, EXIT_MODEL = 2, 3, 4, 5
 SHARED_OPTIONS = ["--threshold", "--model", "--min-dbfs", "--patience", "--hysteresis", "--config"]
-
-
-def lines(result: subprocess.CompletedProcess) -> list[dict]:
-    return [json.loads(line) for line in result.stdout.decode().splitlines()]
-
-
-def window_probs(events: list[dict]) -> np.ndarray:
-    return np.array([np.nan if e["p"] is None else e["p"] for e in events if e["type"] == "window"])
-
-
-def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    err = result.stderr.decode()
-    assert result.returncode == code, err
-    assert err.count("\n") == 1 and err.startswith("anger-stream: error:"), err
-    for word in words:
-        assert word in err, err
-    return err
 
 
 # --- options before a subcommand, usage errors, help -------------------------------------------------------
@@ -56,8 +40,7 @@ def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) 
 )
 def test_options_before_a_subcommand_are_refused(args: list[str], option: str, tmp_path: Path) -> None:
     result = subprocess.run([CLI, *args], capture_output=True, timeout=60, cwd=tmp_path)
-    one_line_error(result, EXIT_USAGE, option, f"`{args[2]}`")
-    assert result.stdout == b""
+    assert_one_line_error(result, EXIT_USAGE, option, f"`{args[2]}`")
 
 
 @pytest.mark.parametrize(
@@ -82,8 +65,7 @@ def test_options_before_a_subcommand_are_refused(args: list[str], option: str, t
 def test_usage_errors_are_one_line_at_start(speech_wav: Path, args: list[str], words: list[str]) -> None:
     input_args = [] if "--input" in args else ["--input", str(speech_wav)]
     result = run_cli(*input_args, *args, stdin=b"")
-    one_line_error(result, EXIT_USAGE, *words)
-    assert result.stdout == b""
+    assert_one_line_error(result, EXIT_USAGE, *words)
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["batch"], ["report"]], ids=["detect", "serve", "batch", "report"])
@@ -151,7 +133,7 @@ def test_bad_config_files_are_usage_errors(speech_wav: Path, tmp_path: Path, con
     settings.write_text(content)
     for command in ([], ["serve", "--audiosocket", "127.0.0.1:0"]):
         args = [*command, "--config", str(settings)] + ([] if command else ["--input", str(speech_wav)])
-        one_line_error(run_cli(*args), EXIT_USAGE, str(settings), *words)
+        assert_one_line_error(run_cli(*args), EXIT_USAGE, str(settings), *words)
 
 
 # --- models --------------------------------------------------------------------------------------------------
@@ -169,11 +151,9 @@ def two_output_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_model_with_the_wrong_output_exits_5_before_any_start_line(speech_wav: Path, two_output_model: Path) -> None:
     result = run_cli("--input", str(speech_wav), "--model", str(two_output_model))
-    one_line_error(result, EXIT_MODEL, "not an anger model", "outputs")
-    assert result.stdout == b""
+    assert_one_line_error(result, EXIT_MODEL, "not an anger model", "outputs")
     served = run_cli("serve", "--audiosocket", "127.0.0.1:0", "--model", str(two_output_model), timeout=30)
-    one_line_error(served, EXIT_MODEL, "not an anger model")
-    assert served.stdout == b""
+    assert_one_line_error(served, EXIT_MODEL, "not an anger model")
 
 
 def test_nan_from_the_model_while_running_exits_5(tmp_path: Path) -> None:
@@ -191,7 +171,7 @@ def test_nan_from_the_model_while_running_exits_5(tmp_path: Path) -> None:
     noise = tmp_path / "noise.wav"
     sf.write(str(noise), 0.1 * np.random.default_rng(0).standard_normal(48000), 16000)
     result = run_cli("--input", str(noise), "--model", str(model))
-    one_line_error(result, EXIT_MODEL, "not a probability")
+    assert_one_line_error(result, EXIT_MODEL, "not a probability", stdout=None)
     assert [e["type"] for e in lines(result)] == ["status"]  # the start line, then no window with a made-up p
 
 
@@ -213,13 +193,8 @@ def test_a_wav_flac_or_ogg_stream_on_stdin_is_decoded(speech_wav: Path, containe
 
 
 def test_a_stream_with_a_header_takes_no_raw_format(speech_wav: Path) -> None:
-    result = subprocess.run(
-        f"sox '{speech_wav}' -t wav - | '{CLI}' -i - --format mulaw --rate 8000",
-        shell=True,
-        capture_output=True,
-        timeout=60,
-    )
-    one_line_error(result, EXIT_USAGE, "WAV", "headerless")
+    result = run_cli("-i", "-", "--format", "mulaw", "--rate", "8000", stdin=speech_wav.read_bytes())
+    assert_one_line_error(result, EXIT_USAGE, "WAV", "headerless")
 
 
 def test_headerless_stdin_without_format_is_read_as_documented_with_a_warning(speech_wav: Path) -> None:
@@ -233,7 +208,7 @@ def test_headerless_stdin_without_format_is_read_as_documented_with_a_warning(sp
 
 def test_a_broken_stream_on_stdin_is_an_input_error() -> None:
     result = run_cli("--input", "-", stdin=b"RIFF\x24\x00\x00\x00WAVEjunkjunkjunk")
-    one_line_error(result, EXIT_INPUT, "standard input")
+    assert_one_line_error(result, EXIT_INPUT, "standard input")
 
 
 # --- C libraries, microphones ----------------------------------------------------------------------------
@@ -260,14 +235,13 @@ def test_no_audio_system_no_microphone(tmp_path: Path) -> None:
     as_json = subprocess.run([CLI, "--list-devices", "--json"], env=env, capture_output=True, timeout=30)
     assert as_json.returncode == 0 and as_json.stdout == b""
     listen = subprocess.run([CLI, "--threshold", "0.6"], env=env, capture_output=True, timeout=30)
-    one_line_error(listen, EXIT_DEVICE, "no microphone", "--list-devices", "--input")
-    assert listen.stdout == b""
+    assert_one_line_error(listen, EXIT_DEVICE, "no microphone", "--list-devices", "--input")
 
 
 def test_an_empty_pulseaudio_no_microphone(tmp_path: Path) -> None:
     with pulse_daemon(tmp_path) as env:  # a sound server without any source
         listen = subprocess.run([CLI], env=env, capture_output=True, timeout=30)
-    one_line_error(listen, EXIT_DEVICE, "--list-devices", "--input")
+    assert_one_line_error(listen, EXIT_DEVICE, "--list-devices", "--input")
 
 
 # --- the demo ------------------------------------------------------------------------------------------------
@@ -330,7 +304,7 @@ def test_a_missing_extra_names_the_pip_command(
 ) -> None:
     argv = [a.format(wav=speech_wav, tmp=tmp_path) for a in args]
     result = subprocess.run([runtime_install / "anger-stream", *argv], capture_output=True, timeout=60)
-    one_line_error(result, EXIT_USAGE, f'pip install "anger-stream[{extra}]"')
+    assert_one_line_error(result, EXIT_USAGE, f'pip install "anger-stream[{extra}]"')
 
 
 def test_the_packaged_int8_model_from_an_installed_package(runtime_install: Path, speech_wav: Path) -> None:
