@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from . import channels, metrics
+from . import channels, metrics, options
 from .detector import AngerDetector, DetectorConfig, EventTracker
 from .events import AngerStart, Window
 from .model import PACKAGED_MODELS
@@ -227,11 +227,11 @@ def calibrate_command(
     channel_mode: Annotated[
         str, typer.Option("--channels", help="mix: channels averaged; split: each channel its own stream.")
     ] = "mix",
-    model: Annotated[str | None, typer.Option(help="ONNX model: a path, or fp32 or int8.")] = None,
-    min_dbfs: Annotated[float, typer.Option(help="Silence gate: quieter windows are not scored.")] = -50.0,
-    patience: Annotated[int, typer.Option(help="Patience written to the settings file.")] = 1,
-    hysteresis: Annotated[float, typer.Option(help="A segment ends below threshold minus this.")] = 0.1,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors and warnings.")] = False,
+    model: options.Model = None,
+    min_dbfs: options.MinDbfs = None,
+    patience: options.Patience = None,
+    hysteresis: options.Hysteresis = None,
+    quiet: options.Quiet = False,
 ) -> None:
     """Find the threshold for a target false-alarm rate on recordings of your own channel.
 
@@ -246,8 +246,9 @@ def calibrate_command(
         fail("--target-fpr must be above 0 and below 1", EXIT_USAGE)
     if channel_mode not in channels.MODES:
         fail(f"--channels must be one of {', '.join(channels.MODES)}", EXIT_USAGE)
+    chosen = options.detector_settings(None, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis)
+    config, model = chosen.config, chosen.model
     try:
-        config = DetectorConfig(min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis)
         label_map = read_labels(labels) if labels is not None else None
     except (ValueError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
