@@ -1,14 +1,20 @@
 """Which channels of a multi-channel recording are scored: all mixed into one stream, each as its own stream
 (a call recording with the agent on one channel and the customer on the other), or one channel alone.
 
-The one definition used by `batch`, `report`, `calibrate` and the live detector's `--input` files.
+The one definition used by `batch`, `report`, `calibrate` and the live detector's `--input` files
+(`SplitDetector`: one streaming detector per channel).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from .audio import mixdown
+from .detector import AngerDetector, Stream
+from .events import Event
 
 MODES = ("mix", "split")
 """--channels: 'mix' averages the channels into one stream; 'split' scores each channel as its own."""
@@ -40,3 +46,35 @@ def select(samples: np.ndarray, mode: str = "mix", channel: int | None = None) -
     if mode == "split":
         return [(c, x[:, c]) for c in range(x.shape[1])]
     return [(None, mixdown(x))]
+
+
+@dataclass(frozen=True)
+class OnChannel:
+    """An event of one channel's stream; its JSON line starts with "channel"."""
+
+    channel: int
+    event: Event
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channel": self.channel, **self.event.to_dict()}
+
+
+class SplitDetector:
+    """Streaming detection of every channel of (frames, channels) blocks, each channel its own `AngerDetector`
+    (all sharing one model); `feed` and `flush` return the channels' events, in channel order per block."""
+
+    def __init__(self, detector: AngerDetector, n_channels: int) -> None:
+        self.config = detector.config
+        self.detectors = [AngerDetector(detector.model, config=detector.config) for _ in range(n_channels)]
+
+    @property
+    def stream(self) -> Stream:
+        """The first channel's stream (every channel has received the same number of samples)."""
+        return self.detectors[0].stream
+
+    def feed(self, samples: np.ndarray, sample_rate: int | None = None) -> list[OnChannel]:
+        x = np.asarray(samples).reshape(len(samples), -1)
+        return [OnChannel(c, e) for c, d in enumerate(self.detectors) for e in d.feed(x[:, c], sample_rate)]
+
+    def flush(self) -> list[OnChannel]:
+        return [OnChannel(c, e) for c, d in enumerate(self.detectors) for e in d.flush()]

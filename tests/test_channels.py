@@ -1,71 +1,48 @@
-"""tools.channels: the evaluation suite is deterministic, keeps length and dtype, and stays finite."""
+"""anger_stream.channels: which channels are scored (mix, split, one), and one streaming detector per channel."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tools import channels
-
-SR = 16_000
-RANDOM = {n for n in channels.SUITE_NAMES if n.startswith(("random EQ", "room", "babble", "pink noise"))}
-"""Channels that draw their settings from the seed; the others are fixed filters, codecs and gains."""
+from anger_stream import channels
+from anger_stream.detector import AngerDetector
+from anger_stream.events import AngerStart, to_json
 
 
-def _voice(n: int, seed: int = 0) -> np.ndarray:
-    """A voiced-speech stand-in: harmonics of a gliding 120-220 Hz pitch, syllable-rate envelope, with
-    leading and trailing digital silence like RAVDESS clips."""
-    t = np.arange(n) / SR
-    f0 = 170 + 50 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    x = sum(np.sin(k * phase) / k for k in range(1, 20)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)) ** 2
-    x = 0.1 * x + 0.002 * np.random.default_rng(seed).normal(size=n)
-    x[: n // 10] = 0.0
-    x[-n // 10 :] = 0.0
-    return x.astype(np.float32)
+def test_select_mixes_splits_or_picks() -> None:
+    x = np.array([[0.2, 0.4], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
+    [(none, mixed)] = channels.select(x)
+    assert none is None and np.allclose(mixed, [0.3, 0.7, 0.5])
+    assert [(c, list(s)) for c, s in channels.select(x, "split")] == [(0, [0.2, 0.6, 0.0]), (1, [0.4, 0.8, 1.0])]
+    [(one, right)] = channels.select(x, channel=1)
+    assert one == 1 and list(right) == [0.4, 0.8, 1.0]
+    assert [c for c, _ in channels.select(x[:, 0], "split")] == [0]  # mono: one channel
+    with pytest.raises(ValueError, match="no channel 2: the audio has 2 channels"):
+        channels.select(x, channel=2)
+    with pytest.raises(ValueError, match="--channels must be one of mix, split"):
+        channels.select(x, "left")
+    with pytest.raises(ValueError, match="cannot be combined"):
+        channels.select(x, "split", 0)
 
 
-POOL = np.concatenate([_voice(3 * SR, seed) for seed in range(1, 5)])
-
-
-@pytest.mark.parametrize("n", [2 * SR + 7, 3 * SR])
-@pytest.mark.parametrize("name", channels.SUITE_NAMES)
-def test_suite_channel_is_deterministic_and_keeps_shape(name: str, n: int) -> None:
-    x = _voice(n)
-    y = channels.suite_channel(name, x, 5, POOL)
-    assert y.dtype == np.float32 and y.shape == x.shape
-    assert np.isfinite(y).all()
-    assert np.array_equal(y, channels.suite_channel(name, x.copy(), 5, POOL.copy()))
-    assert np.array_equal(x, _voice(n))  # the input is not modified
-    if name != "clean":
-        assert not np.array_equal(y, x)
-
-
-@pytest.mark.parametrize("name", channels.SUITE_NAMES)
-def test_seed_draws_only_the_random_channels(name: str) -> None:
-    """Random channels give different outputs for different seeds (rooms: one of eight per seed, so some
-    seeds share one); fixed channels ignore the seed."""
-    x = _voice(2 * SR)
-    outputs = {channels.suite_channel(name, x, seed, POOL).tobytes() for seed in range(6)}
-    assert len(outputs) > 1 if name in RANDOM else len(outputs) == 1
-
-
-@pytest.mark.parametrize("name", channels.SUITE_NAMES)
-def test_silence_stays_finite(name: str) -> None:
-    y = channels.suite_channel(name, np.zeros(SR + 123, np.float32), 1, POOL)
-    assert y.shape == (SR + 123,) and np.isfinite(y).all()
-
-
-def test_babble_needs_a_pool() -> None:
-    (name, *_) = sorted(channels.NEEDS_POOL)
-    with pytest.raises(ValueError, match="needs a babble pool"):
-        channels.suite_channel(name, _voice(SR), 0)
-
-
-def test_noise_is_added_at_the_stated_snr() -> None:
-    """Pink noise and babble at 10 dB: the added signal is 10 dB below the clip's active speech level."""
-    x = _voice(3 * SR)
-    for name in ("pink noise 10 dB", "babble 10 dB"):
-        added = channels.suite_channel(name, x, 3, POOL) - x
-        snr = 20 * np.log10(channels.active_rms(x) / np.sqrt(np.mean(added.astype(np.float64) ** 2)))
-        assert snr == pytest.approx(10.0, abs=0.05)
+def test_split_detector_equals_one_detector_per_channel(peak_model: Path) -> None:
+    """A tone on channel 0, noise bursts (scored angry by the peak model) on channel 1, fed in odd blocks."""
+    rng = np.random.default_rng(5)
+    n = 16000 * 8
+    tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(n) / 16000)
+    noise = 0.1 * rng.standard_normal(n) * (np.arange(n) // 32000 % 2)
+    x = np.stack([tone, noise], axis=1).astype(np.float32)
+    split = channels.SplitDetector(AngerDetector(peak_model), 2)
+    events = [e for i in range(0, n, 1234) for e in split.feed(x[i : i + 1234], 16000)] + split.flush()
+    for c in (0, 1):
+        alone = AngerDetector(peak_model)
+        expected = [e for i in range(0, n, 1234) for e in alone.feed(x[i : i + 1234, c])] + alone.flush()
+        assert [e.event for e in events if e.channel == c] == expected
+    starts = [e for e in events if isinstance(e.event, AngerStart)]
+    assert starts and {e.channel for e in starts} == {1}
+    line = json.loads(to_json(starts[0]))
+    assert list(line)[:2] == ["channel", "type"] and line["channel"] == 1 and line["type"] == "anger_start"
