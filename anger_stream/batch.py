@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -147,7 +147,7 @@ def score_file(path: str, job: Job) -> dict[str, Any]:
     """
     if job.model not in _MODELS:
         _MODELS[job.model] = AngerModel(job.model, threads=1)
-    detector = AngerDetector(_MODELS[job.model], **asdict(job.config))
+    detector = AngerDetector(_MODELS[job.model], config=job.config)
     done: list[dict[str, Any]] = []
     failed: list[BaseException] = []
     cancel = threading.Event()
