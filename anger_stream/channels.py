@@ -59,6 +59,11 @@ class OnChannel:
         return {"channel": self.channel, **self.event.to_dict()}
 
 
+def unwrap(event: Event | OnChannel) -> Event:
+    """The event itself, whether or not it came from one channel of a split input."""
+    return event.event if isinstance(event, OnChannel) else event
+
+
 class SplitDetector:
     """Streaming detection of every channel of (frames, channels) blocks, each channel its own `AngerDetector`
     (all sharing one model); `feed` and `flush` return the channels' events, in channel order per block."""

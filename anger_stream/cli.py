@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from . import __version__, options
+from . import __version__, channels, options
 from .batch import batch
 from .calibrate import calibrate_command
 from .detector import AngerDetector, check_rate
@@ -79,7 +79,7 @@ def paced(chunks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
 
 
 def run_stream(
-    detector: AngerDetector,
+    detector: AngerDetector | channels.SplitDetector,
     chunks: Iterable[np.ndarray],
     rate: int,
     info: dict[str, Any],
@@ -94,7 +94,7 @@ def run_stream(
     state = "end"
 
     def publish_counted(events: list[Event]) -> None:
-        for e in events:
+        for e in map(channels.unwrap, events):
             if isinstance(e, Window):
                 counts["windows"] += 1
                 counts["angry_windows"] += e.angry
@@ -196,6 +196,18 @@ def detect(
             f"[default: {DEFAULT_RATE}]",
         ),
     ] = None,
+    channel_mode: Annotated[
+        str,
+        typer.Option(
+            "--channels",
+            metavar="MODE",
+            help="--input files: mix averages the channels; split scores each as its own stream (lines get "
+            '"channel"). [default: mix]',
+        ),
+    ] = "mix",
+    channel: Annotated[
+        int | None, typer.Option(metavar="N", help="--input files: score channel N alone (0 is the first).")
+    ] = None,
     device: Annotated[str | None, typer.Option(metavar="NAME|INDEX", help="Input device (see --list-devices).")] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List input devices and exit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --list-devices: JSON lines on stdout.")] = False,
@@ -221,6 +233,12 @@ def detect(
             check_rate(rate)
         except ValueError as exc:
             fail(f"--rate: {exc}", EXIT_USAGE)
+    if (channel_mode != "mix" or channel is not None) and input in (None, "-"):
+        fail("--channels and --channel choose channels of an --input file", EXIT_USAGE)
+    try:
+        channels.check(channel_mode, channel)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
     settings = options.detector_settings(
         config,
         threshold=threshold,
@@ -236,7 +254,7 @@ def detect(
             _print_devices(as_json)
             return
         detector = AngerDetector(settings.model, config=settings.config)
-        _detect(detector, input, format, rate, device, realtime, events_only, quiet)
+        _detect(detector, input, format, rate, device, realtime, events_only, quiet, (channel_mode, channel))
     except StdoutClosed:
         return
     except ModelError as exc:
@@ -278,7 +296,9 @@ def _detect(
     realtime: bool,
     events_only: bool,
     quiet: bool,
+    pick: tuple[str, int | None] = ("mix", None),
 ) -> None:
+    """`pick`: the channels of an --input file to score (`channels.select`'s mode and channel)."""
     from contextlib import ExitStack
 
     mute_native_stderr()  # PortAudio, ALSA and libmpg123 write to fd 2; errors here stay one line
@@ -293,10 +313,19 @@ def _detect(
         elif input == "-":
             chunks, sample_rate, info = _stdin(fmt, rate)
         else:
-            from .sources.file import open_file, read_blocks
+            from .sources.file import open_file, read_frames
 
             f = stack.enter_context(open_file(input))
-            chunks, sample_rate, info = read_blocks(f), f.samplerate, {"source": input}
+            try:
+                channels.select(np.zeros((1, f.channels), np.float32), *pick)  # the file has the channel
+            except ValueError as exc:
+                raise InputError(f"{input}: {exc}") from None
+            frames, sample_rate, info = read_frames(f), f.samplerate, {"source": input}
+            if pick[0] == "split":
+                detector, chunks, info["channels"] = channels.SplitDetector(detector, f.channels), frames, "split"
+            else:
+                chunks = (channels.select(block, *pick)[0][1] for block in frames)
+                info |= {} if pick[1] is None else {"channel": pick[1]}
         try:
             check_rate(sample_rate)
         except ValueError as exc:
@@ -305,14 +334,14 @@ def _detect(
             chunks = paced(chunks, sample_rate)
 
         meter = None
-        if not quiet and sys.stderr.isatty():
+        if not quiet and sys.stderr.isatty() and pick[0] != "split":  # one meter, for one stream
             from .display import Meter
 
             meter = stack.enter_context(Meter(detector.config.threshold, str(info.get("device", info["source"]))))
 
         def publish(events: list[Event]) -> None:
             for e in events:
-                if not (events_only and isinstance(e, Window)):
+                if not (events_only and isinstance(channels.unwrap(e), Window)):
                     emit_line(to_json(e))
             if meter is not None:
                 meter.update(events)

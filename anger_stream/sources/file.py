@@ -74,12 +74,6 @@ def read_frames(f: sf.SoundFile, block: int = BLOCK) -> Iterator[np.ndarray]:
         raise InputError(f"cannot decode {f.name}: {str(exc).splitlines()[0]}") from None
 
 
-def read_blocks(f: sf.SoundFile, block: int = BLOCK) -> Iterator[np.ndarray]:
-    """Mono float32 blocks of an open file (channels averaged), decoded as they are needed."""
-    for chunk in read_frames(f, block):
-        yield mixdown(chunk)
-
-
 def _declared_frames(f: sf.SoundFile) -> int:
     """Frames the file's header declares: libsndfile trims a WAV's data size to the bytes present and says
     so in its log ("data : 128000 (should be 63978)"); other formats' frame counts are the header's."""
