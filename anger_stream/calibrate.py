@@ -173,7 +173,7 @@ def calibrate(streams: list[Stream], target_fpr: float, config: DetectorConfig) 
     return result
 
 
-def settings(result: dict[str, Any], config: DetectorConfig, model: str | None) -> dict[str, Any]:
+def settings_file(result: dict[str, Any], config: DetectorConfig, model: str | None) -> dict[str, Any]:
     """The settings file (`--config` of the other commands): the calibrated threshold and the settings used."""
     out = {"threshold": result["threshold"], "patience": config.patience, "hysteresis": config.hysteresis}
     out["min_dbfs"] = config.min_dbfs
@@ -214,18 +214,23 @@ def print_table(result: dict[str, Any]) -> None:
 def calibrate_command(
     paths: Annotated[
         list[str] | None,
-        typer.Argument(help="Recordings of your channel: files, folders (recursive) or quoted globs."),
+        typer.Argument(metavar="PATH", help="Recordings of your channel: files, folders (recursive) or quoted globs."),
     ] = None,
     labels: Annotated[
         Path | None,
-        typer.Option(help="CSV with path, anger (0/1) and optionally speaker: AUROC and true-positive rates too."),
+        typer.Option(
+            metavar="CSV", help="CSV with path, anger (0/1) and optionally speaker: AUROC and true-positive rates too."
+        ),
     ] = None,
     target_fpr: Annotated[
-        float, typer.Option(help="Share of non-angry windows allowed at or above the threshold.")
+        float, typer.Option(metavar="RATE", help="Share of non-angry windows allowed at or above the threshold.")
     ] = DEFAULT_TARGET_FPR,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write a settings file for --config.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", metavar="FILE", help="Write a settings file for --config.")
+    ] = None,
     channel_mode: Annotated[
-        str, typer.Option("--channels", help="mix: channels averaged; split: each channel its own stream.")
+        str,
+        typer.Option("--channels", metavar="MODE", help="mix: channels averaged; split: each channel its own stream."),
     ] = "mix",
     model: options.Model = None,
     min_dbfs: options.MinDbfs = None,
@@ -236,7 +241,8 @@ def calibrate_command(
     """Find the threshold for a target false-alarm rate on recordings of your own channel.
 
     A table on stderr, the result as JSON on stdout, and with --out a settings file the other commands load
-    with --config.
+    with --config. The silence gate, model, patience and hysteresis given are used for scoring and counting,
+    and written to that file.
     """
     from .batch import find_recordings, progress_bar
     from .model import ModelError
@@ -275,7 +281,7 @@ def calibrate_command(
         result = calibrate(streams, target_fpr, config)
     except ValueError as exc:
         fail(str(exc), EXIT_INPUT)
-    result["settings"] = settings(result, config, model)
+    result["settings"] = settings_file(result, config, model)
     if not quiet:
         print_table(result)
     if out is not None:
