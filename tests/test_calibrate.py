@@ -106,6 +106,13 @@ def test_each_channel_gets_a_threshold_that_holds_on_its_held_back_files(
         assert result["settings"]["threshold"] == result["threshold"]
         assert b"threshold for a window false-alarm rate of at most 0.05" in proc.stderr
         thresholds[name] = result["threshold"]
+        # the settings file is what --config loads: the live detector applies its threshold
+        proc = run_cli("--config", str(settings), "-i", str(halves["held"][0]), "-q", "--model", str(model))
+        assert proc.returncode == 0, proc.stderr
+        lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        windows = [w for w in lines if w["type"] == "window" and w["p"] is not None]
+        clear = [w for w in windows if abs(w["p"] - result["threshold"]) > 1e-4]  # p is rounded to 4 decimals
+        assert clear and all(w["angry"] == (w["p"] >= result["threshold"]) for w in clear)
     assert abs(thresholds["clean"] - thresholds["bright"]) > 0.1, thresholds
     for name, halves in channels.items():
         rate = held_back_rate(halves["held"], thresholds[name], model)
