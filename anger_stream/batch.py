@@ -264,7 +264,8 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address="127.0.0.1:0",  # its HTTP server (health, no dashboard without bokeh) on loopback,
+                # on a free port: the default 8787 may be taken, and Dask would warn on stderr
                 silence_logs=logging.ERROR,
             )
     finally:

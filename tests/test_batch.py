@@ -379,3 +379,22 @@ def test_split_channels_score_each_side_of_a_call(two_channel_call: Path, model:
     )
     proc = run_cli("batch", str(two_channel_call), "--out", str(tmp_path / "x.jsonl"), "--channels", "left")
     assert proc.returncode == 2 and "--channels must be one of mix, split" in proc.stderr
+
+
+def test_segments_reproduce_a_live_patience_2(two_channel_call: Path, model: Path, tmp_path: Path) -> None:
+    """The detector options reach the workers: batch segments with --threshold 0.8 --patience 2 are the
+    anger_start onsets and anger_end times of the live detector run with the same options (here one segment,
+    where patience 1 finds two)."""
+    options = ["--model", str(model), "--threshold", "0.8", "--patience", "2", "--hysteresis", "0.2"]
+    out = tmp_path / "r.jsonl"
+    args = ["--out", str(out), "--channels", "split", "--workers", "1", "--quiet", *options]
+    proc = run_cli("batch", str(two_channel_call), *args)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    line = read_lines(out)["call_stereo.wav"]
+    for side in line["channels"]:
+        live = run_cli("-i", str(two_channel_call), "--channel", str(side["channel"]), "-q", *options)
+        events = [json.loads(e) for e in live.stdout.splitlines()]
+        starts = [e["onset"] for e in events if e["type"] == "anger_start"]
+        ends = [e["t"] for e in events if e["type"] == "anger_end"]
+        assert side["segments"] == [list(s) for s in zip(starts, ends, strict=True)]
+    assert len(line["channels"][1]["segments"]) == 1 and line["threshold"] == 0.8
