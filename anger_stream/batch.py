@@ -51,6 +51,9 @@ WORKER_CONFIG = {
 }
 """Dask settings for the local cluster's workers (docs/batch.md shows the same for `dask worker`)."""
 
+SETTINGS = ("threshold", "patience", "hysteresis", "min_dbfs")
+"""DetectorConfig fields every line carries (the options that change its windows and segments)."""
+
 _MODELS: dict[str | None, AngerModel] = {}
 """Per process (so per Dask worker): the models loaded so far, by path (None: the packaged model)."""
 
@@ -103,7 +106,7 @@ def record(path: str, recording: Recording, detector: AngerDetector, mode: str =
         "path": path,
         "duration": round(recording.duration, 3),
         "sample_rate": recording.rate,
-        "threshold": threshold,
+        **settings_fields(detector.config),
     }
     if mode == "mix":
         summary, per_channel = streams[0][1], None
@@ -114,14 +117,19 @@ def record(path: str, recording: Recording, detector: AngerDetector, mode: str =
     return {**head, **summary, "channels": per_channel, "error": None, "warning": recording.warning}
 
 
-def error_record(path: str, threshold: float, message: str) -> dict[str, Any]:
+def settings_fields(config: DetectorConfig) -> dict[str, Any]:
+    """The detector settings a line records (those of SETTINGS), so that it says how it was scored."""
+    return {name: getattr(config, name) for name in SETTINGS}
+
+
+def error_record(path: str, config: DetectorConfig, message: str) -> dict[str, Any]:
     """The line of a recording that could not be scored: the same keys, null data, a one-line error."""
     empty = dict.fromkeys(("windows", "p_max", "angry_share", "segments", "channels"))
     return {
         "path": path,
         "duration": None,
         "sample_rate": None,
-        "threshold": threshold,
+        **settings_fields(config),
         **empty,
         "error": message,
         "warning": None,
@@ -133,7 +141,7 @@ def _score(path: str, detector: AngerDetector, mode: str, cancelled: Callable[[]
         require_regular(path)
         recording = read_recording(path, cancelled)
     except InputError as exc:
-        return error_record(path, detector.config.threshold, str(exc))
+        return error_record(path, detector.config, str(exc))
     return record(path, recording, detector, mode)
 
 
@@ -163,7 +171,7 @@ def score_file(path: str, job: Job) -> dict[str, Any]:
     thread.join(job.timeout)
     if thread.is_alive():
         cancel.set()
-        return error_record(path, job.config.threshold, f"timed out after {job.timeout:g} s (see --timeout): {path}")
+        return error_record(path, job.config, f"timed out after {job.timeout:g} s (see --timeout): {path}")
     if failed:
         raise failed[0]
     return done[0]
@@ -309,7 +317,7 @@ def run(
                 for path in chunk:
                     submit([path])
                 continue
-            lines = [error_record(chunk[0], job.config.threshold, f"{type(exc).__name__}: {exc}".splitlines()[0])]
+            lines = [error_record(chunk[0], job.config, f"{type(exc).__name__}: {exc}".splitlines()[0])]
         future.release()
         for line in lines:
             write(line)

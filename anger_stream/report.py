@@ -16,6 +16,7 @@ import numpy as np
 import typer
 
 from . import audio, channels, options
+from .batch import SETTINGS
 from .batch import record as make_record
 from .detector import AngerDetector, DetectorConfig
 
@@ -190,7 +191,7 @@ def report(
             if record["error"] is not None:
                 fail(f"{record['path']} was not scored: {record['error']}", EXIT_INPUT)
             recording = read_recording(record["path"])
-            config = DetectorConfig(threshold=record["threshold"])
+            config = DetectorConfig(**{name: record[name] for name in SETTINGS if name in record})
         else:
             if path is not None:
                 fail("--path is for batch results (.jsonl)", EXIT_USAGE)

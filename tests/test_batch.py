@@ -397,4 +397,5 @@ def test_segments_reproduce_a_live_patience_2(two_channel_call: Path, model: Pat
         starts = [e["onset"] for e in events if e["type"] == "anger_start"]
         ends = [e["t"] for e in events if e["type"] == "anger_end"]
         assert side["segments"] == [list(s) for s in zip(starts, ends, strict=True)]
-    assert len(line["channels"][1]["segments"]) == 1 and line["threshold"] == 0.8
+    assert len(line["channels"][1]["segments"]) == 1
+    assert (line["threshold"], line["patience"], line["hysteresis"], line["min_dbfs"]) == (0.8, 2, 0.2, -50.0)
