@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import assert_one_line_error, json_lines, run_cli
 
 from anger_stream import channels
 from anger_stream.detector import AngerDetector
@@ -49,16 +49,12 @@ def test_split_detector_equals_one_detector_per_channel(peak_model: Path) -> Non
     assert list(line)[:2] == ["channel", "type"] and line["channel"] == 1 and line["type"] == "anger_start"
 
 
-def lines_of(proc) -> list[dict]:
-    return [json.loads(line) for line in proc.stdout.decode().splitlines()]
-
-
 def test_live_detector_reads_one_channel_or_each(two_channel_call: Path, model: Path) -> None:
     """The console script on a real call recording angry on channel 1 only."""
     args = ["-i", str(two_channel_call), "--model", str(model), "-q"]
     proc = run_cli(*args, "--channels", "split")
     assert proc.returncode == 0, proc.stderr
-    lines = lines_of(proc)
+    lines = json_lines(proc)
     assert lines[0]["type"] == "status" and lines[0]["channels"] == "split" and lines[-1]["state"] == "end"
     events = [line for line in lines if line["type"] != "status"]
     assert {line["channel"] for line in events} == {0, 1}
@@ -67,11 +63,9 @@ def test_live_detector_reads_one_channel_or_each(two_channel_call: Path, model: 
     for c in (0, 1):
         proc = run_cli(*args, "--channel", str(c))
         assert proc.returncode == 0, proc.stderr
-        alone = [line for line in lines_of(proc) if line["type"] != "status"]
+        alone = [line for line in json_lines(proc) if line["type"] != "status"]
         assert [{"channel": c, **line} for line in alone] == [line for line in events if line["channel"] == c]
         per_channel[c] = alone
     assert not any(line["type"] == "anger_start" for line in per_channel[0])
-    proc = run_cli(*args, "--channel", "2")
-    assert proc.returncode == 3 and proc.stderr.decode().count("\n") == 1 and b"no channel 2" in proc.stderr
-    proc = run_cli("-i", "-", "--channel", "0", stdin=b"")
-    assert proc.returncode == 2 and b"--input" in proc.stderr
+    assert_one_line_error(run_cli(*args, "--channel", "2"), 3, "no channel 2")
+    assert_one_line_error(run_cli("-i", "-", "--channel", "0", stdin=b""), 2, "--input")
