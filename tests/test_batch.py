@@ -260,7 +260,7 @@ def test_a_task_that_fails_is_retried_file_by_file(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(batch, "score_file", fake_score_file)
     lines: list[dict] = []
-    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as client:
         batch.run(client, ["a.wav", "bad.wav", "c.wav"], batch.Job(), lines.append)
     by_path = {line["path"]: line for line in lines}
     assert sorted(by_path) == ["a.wav", "bad.wav", "c.wav"] and len(lines) == 3
