@@ -1,4 +1,4 @@
-"""Sample-level audio helpers: the one normalisation, levels, windows, mixdown, resampling.
+"""Sample-level audio helpers: the one normalisation, levels, window preparation, mixdown, resampling.
 
 Everything here is pure numpy/scipy: training (tools/) and the runtime import the same definitions.
 
@@ -65,14 +65,6 @@ def measure_and_normalise(windows: np.ndarray) -> tuple[np.ndarray | float, np.n
     """`dbfs` and `normalise` of the same windows in one pass (the level of full windows, before padding)."""
     x, ms = _centred(windows)
     return _level(ms), _scaled(x, ms)
-
-
-def window_bounds(n_samples: int, window: int, hop: int, min_audio: int) -> list[tuple[int, int]]:
-    """(start, end) of the windows over n_samples: start every hop, each with >= min_audio real samples.
-
-    The last window may be shorter than `window`; it is zero-padded when prepared.
-    """
-    return [(s, min(s + window, n_samples)) for s in range(0, max(n_samples - min_audio + 1, 0), hop)]
 
 
 def prepare_window(segment: np.ndarray, window: int) -> np.ndarray:

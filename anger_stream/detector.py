@@ -121,6 +121,15 @@ class Windower:
         """How many samples the stream must have received for its next window to be complete."""
         return self._next + self.window
 
+    def bounds(self, n_samples: int) -> list[tuple[int, int]]:
+        """Offline: (start, end) of every window `push` and `finish` cut from a stream of n_samples.
+
+        A window starts every hop and holds at least min_audio real samples; the last ones end with the stream
+        (shorter than the window: zero-padded when prepared).
+        """
+        last = n_samples - self.min_audio
+        return [(s, min(s + self.window, n_samples)) for s in range(0, max(last + 1, 0), self.hop)]
+
     def push(self, x: np.ndarray) -> list[Segment]:
         """Append samples; return the windows that became complete."""
         out: list[Segment] = []
@@ -149,6 +158,12 @@ class Windower:
             out.append(Segment(self._next, self._buf[offset : self._len].copy()))
             self._next += self.hop
         return out
+
+
+def window_bounds(n_samples: int, config: DetectorConfig | None = None) -> list[tuple[int, int]]:
+    """(start, end) of the windows of a 16 kHz signal of n_samples, as the live detector cuts them."""
+    c = config or DetectorConfig()
+    return Windower(c.window, c.hop, c.min_audio).bounds(n_samples)
 
 
 class EventTracker:

@@ -1,4 +1,4 @@
-"""The shared sample-level definitions: normalisation, levels, windows, conversions."""
+"""The shared sample-level definitions: normalisation, levels, window preparation, conversions."""
 
 from __future__ import annotations
 
@@ -39,20 +39,6 @@ def test_silence_and_dc_never_give_nan() -> None:
 def test_dbfs_of_full_scale_sine_is_minus_3() -> None:
     x = np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000)
     assert audio.dbfs(x) == pytest.approx(-3.01, abs=0.01)
-
-
-@pytest.mark.parametrize(
-    ("n", "expected"),
-    [
-        (15999, []),
-        (16000, [(0, 16000)]),
-        (19200, [(0, 19200)]),
-        (25600, [(0, 19200), (9600, 25600)]),
-        (32000, [(0, 19200), (9600, 28800)]),
-    ],
-)
-def test_window_bounds_hold_at_least_one_second(n: int, expected: list) -> None:
-    assert audio.window_bounds(n, 19200, 9600, 16000) == expected
 
 
 def test_prepare_window_pads_then_normalises() -> None:

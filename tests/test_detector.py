@@ -10,7 +10,7 @@ from conftest import read_mono
 from scipy.signal import resample_poly
 
 from anger_stream import AngerDetector, AngerEnd, AngerStart, DetectorConfig, StreamSet, Window
-from anger_stream.detector import EventTracker, Windower
+from anger_stream.detector import EventTracker, Windower, window_bounds
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +158,26 @@ def test_stream_set_equals_single_detectors(detector: AngerDetector, speech_wav:
         assert [e.to_dict() for e in got[k]] == [e.to_dict() for e in expected]
     with pytest.raises(KeyError):
         streams.push("a", x)
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (15999, []),
+        (16000, [(0, 16000)]),
+        (19200, [(0, 19200)]),
+        (25600, [(0, 19200), (9600, 25600)]),
+        (32000, [(0, 19200), (9600, 28800)]),
+    ],
+)
+def test_window_bounds_hold_at_least_one_second(n: int, expected: list) -> None:
+    assert window_bounds(n) == expected
+
+
+@pytest.mark.parametrize("chunk", [1, 333, 9600, 100_000])
+def test_offline_window_bounds_are_what_the_stream_cuts(chunk: int) -> None:
+    x = np.arange(50_000, dtype=np.float32)
+    w = Windower(19200, 9600, 16000)
+    segments = [s for i in range(0, len(x), chunk) for s in w.push(x[i : i + chunk])] + w.finish()
+    assert [(s.start, s.start + len(s.audio)) for s in segments] == window_bounds(len(x))
+    assert all(np.array_equal(s.audio, x[s.start : s.start + len(s.audio)]) for s in segments)

@@ -27,13 +27,12 @@ import numpy as np
 import soundfile as sf
 
 from anger_stream import audio, metrics
+from anger_stream.detector import window_bounds
 from anger_stream.model import AngerModel, ModelError
 from tools.manifest import SPLITS, Clip, load_manifest
 from tools.telephone import telephone as telephone_channel
 
 WINDOW = round(audio.WINDOW_S * audio.SAMPLE_RATE)
-HOP = round(audio.HOP_S * audio.SAMPLE_RATE)
-MIN_AUDIO = round(audio.MIN_AUDIO_S * audio.SAMPLE_RATE)
 BATCH = 64
 TARGET_FPRS = (0.01, 0.05, 0.10)
 
@@ -55,7 +54,7 @@ def clip_segments(clip: Clip, telephone: bool = False) -> tuple[list[np.ndarray]
 
 def gated_segments(x: np.ndarray) -> tuple[list[np.ndarray], int]:
     """The run-time windows of a 16 kHz signal that pass the silence gate (raw), and how many were gated."""
-    segments = [x[s:e] for s, e in audio.window_bounds(len(x), WINDOW, HOP, MIN_AUDIO)]
+    segments = [x[s:e] for s, e in window_bounds(len(x))]
     kept = [seg for seg in segments if audio.dbfs(seg) >= audio.MIN_DBFS]
     return kept, len(segments) - len(kept)
 

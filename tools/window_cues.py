@@ -22,8 +22,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from anger_stream import audio
+from anger_stream.detector import window_bounds
 from anger_stream.model import AngerModel
-from tools.data import ACTIVE_DB, FRAME, HOP, MIN_AUDIO, WINDOW, decode, fill_zeros
+from tools.data import ACTIVE_DB, FRAME, WINDOW, decode, fill_zeros
 from tools.manifest import load_manifest
 
 BINS = ((0.0, 0.3), (0.3, 0.6), (0.6, 1.0))
@@ -48,7 +49,7 @@ def corpus_cues(manifest: Path, split: str | None, models: list[Path]) -> dict:
     rng = np.random.default_rng(0)
     for clip in load_manifest(manifest, split):
         x = decode(clip.path)
-        for a, b in audio.window_bounds(len(x), WINDOW, HOP, MIN_AUDIO):
+        for a, b in window_bounds(len(x)):
             seg = x[a:b]
             if audio.dbfs(seg) < audio.MIN_DBFS:
                 continue
