@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec
+from .detector import check_rate
 from .events import Counts, Event, Status
 from .streams import Feed, Scored, StreamSet
 
@@ -50,9 +51,12 @@ class _Call:
     sample_rate: int
     encoding: str
     opened_at: float
+    width: int = 2  # bytes per sample
     chunks: list[bytes] = field(default_factory=list)  # received, not yet handed to the scoring side
     received: int = 0  # input samples received
     due_at: int = 0  # input samples at which the next unscored window is complete (as last reported)
+    paced: float = 0.0  # input samples its pace allowed when last computed
+    limit: int = 0  # input samples it may receive before `wait` must be asked (both bounds, as last computed)
     ending: tuple[str, dict[str, Any]] | None = None  # final state and extra fields, once ended
     end_sent: bool = False
     counts: Counts = field(default_factory=Counts)
@@ -87,22 +91,27 @@ class Calls:
             raise DuplicateCall(f"call id {call_id!r} is already being served")
 
     def open(self, call_id: str, sample_rate: int, encoding: str, info: dict[str, Any], now: float) -> list[CallEvent]:
-        """Start a call whose audio comes as `encoding` bytes at `sample_rate`; its start status line."""
+        """Start a call whose audio comes as `encoding` bytes at `sample_rate`; its start status line.
+        DuplicateCall if the id is being served, ValueError for an unusable encoding or rate."""
         self.check_free(call_id)
         if encoding not in codec.WIDTHS:
             raise ValueError(f"unknown encoding {encoding!r} (known: {', '.join(codec.WIDTHS)})")
-        self._calls[call_id] = _Call(call_id, sample_rate, encoding, now)
+        check_rate(sample_rate)
+        call = self._calls[call_id] = _Call(call_id, sample_rate, encoding, now, codec.WIDTHS[encoding])
+        self._bound(call, now)
         return [(call_id, Status("start", 0.0, {"sample_rate": sample_rate, **info}))]
 
-    def receive(self, call_id: str, data: bytes) -> None:
-        """Whole samples of a call's audio, as received (ignored once the call is ending)."""
+    def receive(self, call_id: str, data: bytes) -> bool:
+        """Whole samples of a call's audio, as received (ignored once the call is ending). False when the call
+        may be past its flow-control bounds: then ask `wait`."""
         call = self._calls[call_id]
         if call.ending is not None or not data:
-            return
+            return True
         call.chunks.append(data)
-        call.received += len(data) // codec.WIDTHS[call.encoding]
+        call.received += len(data) // call.width
         if call.received >= call.due_at and call_id not in self._taken_ids:
             self._ready[call_id] = call
+        return call.received <= call.limit
 
     def wait(self, call_id: str, now: float) -> float | None:
         """How long the adapter should stop reading from a call: 0.0 not at all; seconds, until its pace
@@ -110,9 +119,19 @@ class Calls:
         call = self._calls.get(call_id)
         if call is None or call.ending is not None:
             return 0.0
+        self._bound(call, now)
         if call.received - call.due_at > self.max_ahead_s * call.sample_rate:
             return None
         return max((call.t - self.burst_s) / self.max_speed - (now - call.opened_at), 0.0)
+
+    def _bound(self, call: _Call, now: float) -> None:
+        """What the call may receive before its bounds must be checked again: the pace only grows with time,
+        so a limit computed now stays safe until then."""
+        call.paced = (self.burst_s + self.max_speed * (now - call.opened_at)) * call.sample_rate
+        self._limit(call)
+
+    def _limit(self, call: _Call) -> None:
+        call.limit = int(min(call.due_at + self.max_ahead_s * call.sample_rate, call.paced))
 
     def dtmf(self, call_id: str, digit: str) -> list[CallEvent]:
         """A DTMF status line, unless the call has sent more digits than a keypad can."""
@@ -169,6 +188,7 @@ class Calls:
             out += [(call.call_id, e) for e in events]
             if call.call_id in scored.due_at:
                 call.due_at = scored.due_at[call.call_id]
+                self._limit(call)
                 if call.ending is not None or call.received >= call.due_at:
                     self._ready[call.call_id] = call
             elif call.ending is not None:  # the stream has closed

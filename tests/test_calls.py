@@ -37,6 +37,9 @@ def test_calls_equal_one_detector_per_call(detector: AngerDetector) -> None:
         ]
     with pytest.raises(DuplicateCall):
         calls.open("pcm", 8000, "s16le", {}, now=0.0)
+    for rate, encoding in ((47999, "s16le"), (8000, "s24le")):  # refused before any audio reaches the scorer
+        with pytest.raises(ValueError, match=str(rate) if rate != 8000 else "unknown encoding"):
+            calls.open("bad", rate, encoding, {}, now=0.0)
     calls.receive("fast", payloads["fast"][0])
     for i in range(0, 8000 * 5, 160):
         for k, (data, _, width) in payloads.items():

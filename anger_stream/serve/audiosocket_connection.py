@@ -34,19 +34,23 @@ class AudioSocketConnection(CallConnection):
     def quiet(self) -> bool:
         return not self.parser.received_anything
 
-    def _step(self) -> bool:
-        if self.over:
-            return False
+    def _work(self, budget: int) -> bool:
+        next_event, handle = self.parser.next_event, self._handle
         try:
-            event = self.parser.next_event()
-            if event is audiosocket.NEED_DATA:
-                return False
-            self._handle(event)
+            for _ in range(budget):
+                if self.over or self.held:
+                    break
+                event = next_event()
+                if event is audiosocket.NEED_DATA:
+                    break
+                handle(event)
+            else:
+                return True
         except audiosocket.AudioSocketError as exc:
             self.fail(f"protocol error: {exc}")
         if self.over:
             self.transport.close()
-        return not self.over
+        return False
 
     def _handle(self, event: audiosocket.AudioSocketEvent) -> None:
         if isinstance(event, audiosocket.Audio):

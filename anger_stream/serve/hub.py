@@ -104,10 +104,10 @@ class Hub:
 
     def push(self, call_id: str, data: bytes) -> None:
         """Audio bytes of a call as received (whole samples); its reader is held if the call is ahead."""
-        self.calls.receive(call_id, data)
+        within = self.calls.receive(call_id, data)
         if self.calls.due:
             self._wake.set()
-        if call_id not in self._held and self.calls.wait(call_id, time.monotonic()) != 0.0:
+        if not within and call_id not in self._held:
             self._check(call_id)
 
     def dtmf(self, call_id: str, digit: str) -> None:

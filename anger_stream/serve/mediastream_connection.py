@@ -67,7 +67,11 @@ class MediaStreamConnection(CallConnection):
         else:
             self.fail("connection lost: closed without a close frame")  # no-op if the call has ended
 
+    def _work(self, budget: int) -> bool:
+        return all(not self.held and not self.transport.is_closing() and self._step() for _ in range(budget))
+
     def _step(self) -> bool:
+        """Handle one frame (or feed the WebSocket layer more bytes); False when there is nothing to do."""
         if self._frames:
             self._received(self._frames.popleft())
             self._check_parser()

@@ -50,7 +50,7 @@ def peer_name(address: Any) -> str:
 
 
 class CallConnection(asyncio.Protocol):
-    """One connection carrying one call. Subclasses parse their protocol in `_feed` and `_step`.
+    """One connection carrying one call. Subclasses parse their protocol in `_feed` and `_work`.
 
     The call's life: `name` (the protocol named the call), `open` (its audio format is known), `push`
     audio, `end` or `fail`. `hold`/`release` pause reading for a reason ("turn": others' turn; "flow": the hub's
@@ -112,8 +112,9 @@ class CallConnection(asyncio.Protocol):
         """Keep bytes received for `_step`."""
         raise NotImplementedError
 
-    def _step(self) -> bool:
-        """Handle one frame or message (or the end of input); False when there is nothing complete to handle."""
+    def _work(self, budget: int) -> bool:
+        """Handle at most `budget` frames or messages (and the end of input) while not held; whether more may
+        be waiting."""
         raise NotImplementedError
 
     def _lost(self, exc: Exception | None) -> None:
@@ -131,11 +132,9 @@ class CallConnection(asyncio.Protocol):
 
     def _turn(self) -> None:
         """Handle what has been received, at most MAX_EVENTS_PER_TURN frames, then let the others run."""
-        for _ in range(MAX_EVENTS_PER_TURN):
-            if self._holds or self.transport.is_closing() or not self._step():
-                return
-        self.hold("turn")
-        self.loop.call_soon(self.release, "turn")
+        if self._work(MAX_EVENTS_PER_TURN) and not self.transport.is_closing():
+            self.hold("turn")
+            self.loop.call_soon(self.release, "turn")
 
     def hold(self, reason: str) -> None:
         if not self._holds:
@@ -188,6 +187,9 @@ class CallConnection(asyncio.Protocol):
             self.hub.open(self.call_id, sample_rate, encoding, info, self, on_events)
         except DuplicateCall as exc:
             self._refuse(self.call_id, exc)
+            return
+        except ValueError as exc:  # a rate or encoding the call core cannot take
+            self.fail(str(exc))
             return
         self.opened = True
         self.opened_at = self.loop.time()
