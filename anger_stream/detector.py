@@ -9,7 +9,7 @@ code, so they give identical results.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil, gcd
+from math import gcd
 from pathlib import Path
 
 import numpy as np
@@ -240,9 +240,10 @@ class Stream:
         return segments
 
     def due_at(self) -> int:
-        """Samples at the stream's own rate it must have received for its next unscored window."""
+        """Samples at the stream's own rate it must have received for its next unscored window (the
+        resampler's look-ahead included)."""
         end = self.pending[0].start + self.config.window if self.pending else self.windower.next_end
-        return ceil(end * self.sample_rate / audio.SAMPLE_RATE)
+        return self._resampler.inputs_for(end) if self._resampler is not None else end
 
     def events(self, segments: list[Segment], probs: np.ndarray, levels: np.ndarray) -> list[Event]:
         """Windows and anger events for scored segments."""

@@ -41,6 +41,10 @@ class StreamingResampler:
         lo = max(((i + self._skip) * self.down - len(self._h)) // self.up + 1, 0)
         return lo - lo % self.down
 
+    def inputs_for(self, n_out: int) -> int:
+        """How many input samples `process` needs before it has returned the first n_out outputs."""
+        return self._last_input(n_out - 1) + 1 if n_out > 0 else 0
+
     def _produce(self, stop: int) -> np.ndarray:
         """Outputs self._next .. stop-1 from the history (zeros past the end of the input)."""
         if stop <= self._next:

@@ -27,6 +27,14 @@ def test_streaming_resampler_equals_resample_poly(rate: int, up: int, down: int,
     np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("rate", [8000, 12000, 44100, 48000])
+def test_resampler_says_exactly_how_much_input_an_output_needs(rate: int) -> None:
+    r, produced = StreamingResampler(rate, 16_000), 0
+    for i in range(rate // 4):
+        produced += len(r.process(np.zeros(1)))
+        assert r.inputs_for(produced) <= i + 1 < r.inputs_for(produced + 1)
+
+
 def _events(data: bytes, step: int | None = None) -> list:
     p = a.Parser()
     out = []

@@ -89,3 +89,17 @@ def test_dtmf_lines_are_capped_per_call() -> None:
     streams = StreamSet(AngerDetector().model)
     *_, (_, final) = calls.tick(streams)
     assert final.state == "end" and final.info["dtmf_dropped"] == 1000 + 100 - DTMF_BURST - 10
+
+
+def test_a_real_time_call_is_ticked_once_per_window(detector: AngerDetector) -> None:
+    """A window is due when the resampler can complete it, not one frame early (which spun empty ticks)."""
+    streams, calls = StreamSet(detector.model, detector.config, max_windows=2, workers=1), Calls()
+    calls.open("a", 8000, "s16le", {}, now=0.0)
+    x = (_signal(5, 10.0) * 32767).astype("<i2")
+    ticks, windows = 0, 0
+    for i in range(0, len(x), 160):
+        calls.receive("a", x[i : i + 160].tobytes())
+        while calls.due:
+            windows += sum(isinstance(e, Window) for _, e in calls.tick(streams))
+            ticks += 1
+    assert windows == 15 and ticks == windows + 1  # the first tick opens the stream
