@@ -20,7 +20,7 @@ from . import __version__, channels, options
 from .batch import batch
 from .calibrate import calibrate_command
 from .detector import AngerDetector, check_rate
-from .events import AngerStart, Event, Status, Window, to_json
+from .events import Counts, Event, Status, Window, to_json
 from .model import ModelError
 from .report import report
 from .serve.command import serve
@@ -90,16 +90,11 @@ def run_stream(
     signal.signal(signal.SIGTERM, _on_sigterm)
     publish([Status("start", 0.0, {"sample_rate": rate, **info})])
     seen_overflows = 0
-    counts = {"windows": 0, "angry_windows": 0, "silent_windows": 0, "anger_segments": 0}
+    counts = Counts()
     state = "end"
 
     def publish_counted(events: list[Event]) -> None:
-        for e in map(channels.unwrap, events):
-            if isinstance(e, Window):
-                counts["windows"] += 1
-                counts["angry_windows"] += e.angry
-                counts["silent_windows"] += e.silent
-            counts["anger_segments"] += isinstance(e, AngerStart)
+        counts.add(map(channels.unwrap, events))
         publish(events)
 
     try:
@@ -112,7 +107,7 @@ def run_stream(
         state = "interrupted"
     t_end = detector.stream.t
     publish_counted(detector.flush())
-    publish([Status(state, t_end, counts)])
+    publish([Status(state, t_end, counts.to_dict())])
 
 
 def _print_devices(as_json: bool) -> None:

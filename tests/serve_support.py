@@ -170,6 +170,23 @@ def audiosocket_call(
     return call
 
 
+def paced_audiosocket_call(port: int, samples: np.ndarray, call: str) -> None:
+    """A well-behaved AudioSocket caller in real time (20 ms frames at 8 kHz)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(audiosocket.uuid_frame(call))
+        t0 = time.monotonic()
+        for n, i in enumerate(range(0, len(samples), 160)):
+            time.sleep(max(t0 + n * 0.02 - time.monotonic(), 0))
+            s.sendall(audiosocket.audio_frame(samples[i : i + 160]))
+        s.sendall(audiosocket.hangup_frame())
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of a process, in kB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
 def mediastream_call(
     port: int,
     samples: np.ndarray,

@@ -238,8 +238,10 @@ def test_loadtest_tool(protocol: str, speech: np.ndarray, tmp_path: Path) -> Non
     sf.write(tmp_path / "call.wav", speech, 8000)
     repo = Path(__file__).resolve().parents[1]
     cmd = ["-m", "tools.loadtest", "--protocol", protocol, "--calls", "3", "--duration", "2.5", "--ramp", "0.2"]
+    hostile = ["--flood", "1", "--dtmf", "5000"] if protocol == "audiosocket" else ["--ping-flood", "1"]
+    hostile += ["--slowloris", "1", "--read-timeout", "1"]
     r = subprocess.run(
-        [str(Path(CLI).parent / "python"), *cmd, "--file", str(tmp_path / "call.wav")],
+        [str(Path(CLI).parent / "python"), *cmd, *hostile, "--file", str(tmp_path / "call.wav")],
         cwd=repo, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -247,6 +249,11 @@ def test_loadtest_tool(protocol: str, speech: np.ndarray, tmp_path: Path) -> Non
     assert result["calls_completed"] == 3 and result["concurrent_calls"] == 3 and result["frames_dropped"] == 0
     assert result["windows_received"] == result["windows_expected"] == 3 * 3
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    assert result["slowloris"]["closed"] == 1 and result["sigterm_s"] > 0 and result["server_rss_mb"]["max"] > 0
+    if protocol == "audiosocket":
+        assert result["flood"]["mb_sent"] < 100 and 0 < result["dtmf"]["lines_out"] < 100
+    else:
+        assert result["ping_flood"]["closed"] == 1
     bad = subprocess.run(
         [str(Path(CLI).parent / "python"), *cmd, "--file", "x.wav", "--target", "192.0.2.1:9092"],
         cwd=repo, capture_output=True, text=True, timeout=60,

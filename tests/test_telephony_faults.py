@@ -21,6 +21,8 @@ from serve_support import (
     audiosocket_call,
     expected_lines,
     mediastream_call,
+    paced_audiosocket_call,
+    rss_kb,
 )
 
 from anger_stream.serve import audiosocket as a
@@ -91,20 +93,9 @@ FAULTS: list[tuple[str, str, Callable[[str], tuple[list | bytes, str]], str]] = 
 ]  # fmt: skip
 
 
-def _paced_call(port: int, samples: np.ndarray, call: str) -> None:
-    """A well-behaved caller in real time (20 ms frames)."""
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(a.uuid_frame(call))
-        t0 = time.monotonic()
-        for n, i in enumerate(range(0, len(samples), 160)):
-            time.sleep(max(t0 + n * 0.02 - time.monotonic(), 0))
-            s.sendall(a.audio_frame(samples[i : i + 160]))
-        s.sendall(a.hangup_frame())
-
-
 def test_faulty_calls_are_closed_and_others_keep_being_served(server: ServeProcess, speech: np.ndarray) -> None:
     good = _uuid()
-    caller = threading.Thread(target=_paced_call, args=(server.ports["audiosocket"], speech, good))
+    caller = threading.Thread(target=paced_audiosocket_call, args=(server.ports["audiosocket"], speech, good))
     caller.start()
     ids = []
     with ThreadPoolExecutor(len(FAULTS)) as pool:
@@ -141,11 +132,6 @@ def _fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
-def _rss_kb(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-
-
 def _round(server: ServeProcess, speech: np.ndarray, n: int) -> None:
     """n calls at once: good ones on both protocols and every fault, until all have been reported."""
     calls = []
@@ -171,11 +157,11 @@ def test_file_descriptors_and_memory_return_to_baseline(speech: np.ndarray) -> N
         pid = srv.proc.pid
         _round(srv, speech, 24)  # warm up: model arenas, buffers, thread pools
         time.sleep(0.5)
-        fds, rss = _fds(pid), _rss_kb(pid)
+        fds, rss = _fds(pid), rss_kb(pid)
         for _ in range(3):
             _round(srv, speech, 24)
         time.sleep(0.5)
         assert _fds(pid) == fds
-        assert _rss_kb(pid) - rss < 8_000, "resident memory grew by more than 8 MB over 72 more calls"
+        assert rss_kb(pid) - rss < 8_000, "resident memory grew by more than 8 MB over 72 more calls"
     finally:
         assert srv.stop() == 0

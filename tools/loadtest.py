@@ -7,7 +7,14 @@ Starts the server as a subprocess on --target (loopback only), connects every ca
 (8 kHz, 20 ms frames, each sent when its 20 ms of audio are complete, as a phone would) with call starts
 spread over --ramp seconds. Latency of a window = arrival of its JSON line on the server's stdout minus
 the time the frame holding the window's last sample was sent. That includes the resampler's look-ahead
-(the next frame) and the batching of the ticks. Prints a JSON summary on stdout.
+(the next frame) and the batching of the ticks. Prints a JSON summary on stdout, with the server's peak
+resident memory and how long it took to exit after SIGTERM (sent while every hostile connection still runs).
+
+Hostile callers beside the real-time calls (docs/reliability.md), whose own lines are not in the latency:
+    --flood N       AudioSocket connections sending 65,532-byte audio frames as fast as the server reads
+    --ping-flood N  Media Streams connections flooding pings and never reading the pongs
+    --slowloris N   connections sending one byte every 5 s (a frame or an HTTP request that never completes)
+    --dtmf N        one more AudioSocket call that sends N DTMF frames at once, then audio in real time
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from anger_stream import audio
+from anger_stream.detector import window_bounds
 from anger_stream.serve import audiosocket, mediastream
 from tools.telephone import mulaw_encode
 
@@ -51,6 +59,7 @@ class Call:
     latencies: list[float] = field(default_factory=list)
     windows: int = 0
     final: dict | None = None
+    protocol: str = "audiosocket"
 
 
 def load_audio(path: Path, duration: float) -> np.ndarray:
@@ -89,43 +98,52 @@ class LoadTest:
         self.args = args
         self.samples = load_audio(args.file, args.duration)
         self.n_frames = -(-len(self.samples) // FRAME)
-        ramp_frames = max(round(args.ramp / FRAME_S), 1)
-        self.calls = {
-            cid: Call(cid, i * ramp_frames // args.calls, np.zeros(self.n_frames))
-            for i, cid in enumerate(str(uuid.uuid4()) for _ in range(args.calls))
-        }
+        self.protocols = ["audiosocket", "mediastream"] if args.protocol == "mixed" else [args.protocol]
+        self.calls = self.new_calls()
+        self.done: list[Call] = []  # the calls of the rounds finished
         frames = [self.samples[i : i + FRAME] for i in range(0, len(self.samples), FRAME)]
-        if args.protocol == "audiosocket":
-            self.frames = [audiosocket.audio_frame(f, RATE) for f in frames]
-        else:
-            self.frames = [mulaw_encode(f.astype(np.float32) / 32768.0) for f in frames]
-        sr = audio.SAMPLE_RATE
-        n16 = len(self.samples) * sr // RATE
-        bounds = audio.window_bounds(
-            n16, round(audio.WINDOW_S * sr), round(audio.HOP_S * sr), round(audio.MIN_AUDIO_S * sr)
-        )
-        self.expected_windows = len(bounds)
+        self.frames = {
+            "audiosocket": [audiosocket.audio_frame(f, RATE) for f in frames],
+            "mediastream": [mulaw_encode(f.astype(np.float32) / 32768.0) for f in frames],
+        }
+        self.expected_windows = len(window_bounds(len(self.samples) * audio.SAMPLE_RATE // RATE))
         self.late_ticks = 0
         self.max_lag = 0.0
+        self.streaming = True  # hostile connections run until the server closes them or stops
+        self.hostile: dict[str, list[float]] = {"flood_bytes": [], "ping_flood_closed_s": [], "slowloris_closed_s": []}
+        self.dtmf_call = str(uuid.uuid4())
+        self.dtmf_lines = 0
+        self.rss_mb: list[tuple[float, float]] = []  # (time, MB)
+        self.rounds: list[dict] = []
 
-    async def start_server(self) -> tuple[asyncio.subprocess.Process, int]:
+    def new_calls(self) -> dict[str, Call]:
+        """A round of calls with fresh ids, protocols taking turns (--protocol mixed)."""
+        ramp_frames, n, protocols = max(round(self.args.ramp / FRAME_S), 1), self.args.calls, self.protocols
+        return {
+            cid: Call(cid, i * ramp_frames // n, np.zeros(self.n_frames), protocol=protocols[i % len(protocols)])
+            for i, cid in enumerate(str(uuid.uuid4()) for _ in range(n))
+        }
+
+    async def start_server(self) -> tuple[asyncio.subprocess.Process, dict[str, int]]:
         host, port = self.args.target.rsplit(":", 1)
-        cmd = [CLI, "serve", f"--{self.args.protocol}", f"{host}:{port}", "--threads", str(self.args.threads)]
+        cmd = [CLI, "serve", *(a for p in self.protocols for a in (f"--{p}", f"{host}:{port}"))]
+        cmd += ["--threads", str(self.args.threads)]
         if self.args.model:
             cmd += ["--model", str(self.args.model)]
         if self.args.max_batch:
             cmd += ["--max-batch", str(self.args.max_batch)]
-        cmd += ["--workers", str(self.args.workers)]
+        cmd += ["--workers", str(self.args.workers), "--read-timeout", str(self.args.read_timeout)]
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, limit=1 << 20)
-        ready = 0
-        while ready < self.args.workers:  # every worker has its model loaded and listens
+        ready, ports = 0, {}
+        while ready < self.args.workers * len(self.protocols):  # every worker has its model loaded and listens
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
             if not line:
                 raise SystemExit("loadtest: the server did not start")
             msg = json.loads(line)
             if msg.get("state") == "listening":
                 ready += 1
-        return proc, msg["port"]
+                ports[msg["protocol"]] = msg["port"]
+        return proc, ports
 
     async def read_events(self, proc: asyncio.subprocess.Process) -> None:
         """Match the server's lines to calls; latency of every window line."""
@@ -137,6 +155,7 @@ class LoadTest:
                 return
             msg = json.loads(line)
             call = self.calls.get(msg.get("call"))
+            self.dtmf_lines += msg.get("call") == self.dtmf_call
             if call is None:
                 continue
             if msg["type"] == "window":
@@ -147,10 +166,11 @@ class LoadTest:
                 call.final = msg
                 ended += 1
 
-    async def connect(self, port: int, call: Call) -> None:
+    async def connect(self, ports: dict[str, int], call: Call) -> None:
+        port = ports[call.protocol]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         call.conn = writer
-        if self.args.protocol == "mediastream":
+        if call.protocol == "mediastream":
             call.ws = await ws_handshake(reader, writer, f"ws://127.0.0.1:{port}/media")
 
     def send_frame(self, call: Call, k: int) -> None:
@@ -164,8 +184,9 @@ class LoadTest:
             if call.failed == 1:
                 print(f"loadtest: call {call.call_id}: the connection closed before frame {k}", file=sys.stderr)
             return
-        if self.args.protocol == "audiosocket":
-            w.write((audiosocket.uuid_frame(call.call_id) if k == 0 else b"") + self.frames[k])
+        frames = self.frames[call.protocol]
+        if call.protocol == "audiosocket":
+            w.write((audiosocket.uuid_frame(call.call_id) if k == 0 else b"") + frames[k])
             if k == self.n_frames - 1:
                 w.write(audiosocket.hangup_frame())
         else:
@@ -173,13 +194,95 @@ class LoadTest:
             if k == 0:
                 ws.send_text(mediastream.connected_message().encode())
                 ws.send_text(mediastream.start_message(sid, call.call_id).encode())
-            ws.send_text(mediastream.media_message(sid, self.frames[k], k + 1, k * 20).encode())
+            ws.send_text(mediastream.media_message(sid, frames[k], k + 1, k * 20).encode())
             if k == self.n_frames - 1:
                 ws.send_text(mediastream.stop_message(sid, call.call_id).encode())
                 ws.send_close(1000)
             w.write(b"".join(ws.data_to_send()))
         if k == self.n_frames - 1:
             w.close()
+
+    async def flood(self, port: int) -> None:
+        """An AudioSocket call sending 65,532-byte audio frames as fast as the server reads them."""
+        sent = 0
+        frame = audiosocket.audio_frame(np.resize(self.samples, 32766), RATE)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(audiosocket.uuid_frame(uuid.uuid4()))
+            while self.streaming and not writer.is_closing():
+                writer.write(frame)
+                await writer.drain()  # waits while the server does not read: TCP pushes back
+                sent += len(frame)
+        except OSError:
+            pass
+        self.hostile["flood_bytes"].append(sent)
+
+    async def ping_flood(self, port: int) -> None:
+        """A Media Streams call that floods pings and never reads the pongs; seconds until the server closes it."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+        ws = await ws_handshake(reader, writer, f"ws://127.0.0.1:{port}/media")
+        ws.send_text(mediastream.start_message("MZping", f"CAping{uuid.uuid4().hex}").encode())
+        writer.write(b"".join(ws.data_to_send()))
+        for _ in range(64):
+            ws.send_ping(bytes(125))
+        pings, started = b"".join(ws.data_to_send()), time.monotonic()
+        try:
+            while self.streaming:
+                writer.write(pings)
+                await writer.drain()
+                await asyncio.sleep(0.001)  # about 8 MB/s, and the calls' pacing in this process keeps time
+        except OSError:
+            self.hostile["ping_flood_closed_s"].append(round(time.monotonic() - started, 2))
+
+    async def slowloris(self, port: int) -> None:
+        """One byte every 5 s of a frame or HTTP request that never completes; seconds until the server closes it."""
+        if self.protocols[0] == "audiosocket":
+            data = audiosocket.uuid_frame(uuid.uuid4()) + audiosocket.audio_frame(self.samples[:FRAME], RATE)
+        else:
+            data = b"GET /media HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        for i in range(len(data)):
+            if not self.streaming:
+                return
+            writer.write(data[i : i + 1])
+            try:
+                if not await asyncio.wait_for(reader.read(1), 5.0):
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        self.hostile["slowloris_closed_s"].append(round(time.monotonic() - started, 2))
+
+    async def dtmf_flood(self, port: int) -> None:
+        """An AudioSocket call that sends --dtmf DTMF frames at once, then its audio in real time."""
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        frames = self.frames["audiosocket"]
+        writer.write(audiosocket.uuid_frame(self.dtmf_call) + frames[0])
+        writer.write(audiosocket.dtmf_frame("5") * self.args.dtmf)
+        await writer.drain()
+        started = time.monotonic()
+        for k in range(1, self.n_frames):
+            await asyncio.sleep(max(started + k * FRAME_S - time.monotonic(), 0))
+            writer.write(frames[k])
+        writer.write(audiosocket.hangup_frame())
+        await writer.drain()
+        writer.close()
+
+    async def watch_memory(self, pid: int) -> None:
+        """The server's resident memory (all its processes), twice a second."""
+        while True:
+            self.rss_mb.append((time.monotonic(), _rss_mb(pid)))
+            await asyncio.sleep(0.5)
+
+    def hostile_tasks(self, ports: dict[str, int]) -> list[asyncio.Task]:
+        a, first = self.args, ports[self.protocols[0]]
+        coros = [self.flood(ports["audiosocket"]) for _ in range(a.flood)]
+        coros += [self.ping_flood(ports["mediastream"]) for _ in range(a.ping_flood)]
+        coros += [self.slowloris(first) for _ in range(a.slowloris)]
+        coros += [self.dtmf_flood(ports["audiosocket"])] if a.dtmf else []
+        return [asyncio.create_task(c) for c in coros]
 
     async def stream(self) -> None:
         """Every 20 ms: the frame that just completed, for every call that is streaming."""
@@ -200,41 +303,78 @@ class LoadTest:
                     self.send_frame(call, k)
 
     async def run(self) -> dict:
-        proc, port = await self.start_server()
+        proc, ports = await self.start_server()
+        memory = asyncio.create_task(self.watch_memory(proc.pid))
         cpu0, own0 = _cpu_seconds(proc.pid), time.process_time()
+        hostile: list[asyncio.Task] = []
+        sigterm_s = None
         try:
-            await asyncio.gather(*(self.connect(port, c) for c in self.calls.values()))
-            reader = asyncio.create_task(self.read_events(proc))
             t_start = time.monotonic()
-            await self.stream()
+            for r in range(self.args.rounds):
+                if r:
+                    self.calls = self.new_calls()
+                await asyncio.gather(*(self.connect(ports, c) for c in self.calls.values()))
+                reader = asyncio.create_task(self.read_events(proc))
+                hostile = hostile or self.hostile_tasks(ports)
+                await self.stream()
+                try:
+                    await asyncio.wait_for(reader, 30)
+                except TimeoutError:
+                    print("loadtest: some calls never reported their end", file=sys.stderr)
+                self.done += self.calls.values()
+                self.rounds.append(self.round_summary())
             streamed = time.monotonic() - t_start
-            try:
-                await asyncio.wait_for(reader, 30)
-            except TimeoutError:
-                print("loadtest: some calls never reported their end", file=sys.stderr)
             cpu, own = _cpu_seconds(proc.pid) - cpu0, time.process_time() - own0
         finally:
             if proc.returncode is None:
+                stopping = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
                 await proc.wait()
-        return self.summary(streamed, cpu, own)
+                sigterm_s = round(time.monotonic() - stopping, 2)
+            self.streaming = False
+            memory.cancel()
+            await asyncio.gather(*hostile, return_exceptions=True)
+        return self.summary(streamed, cpu, own, sigterm_s)
 
-    def summary(self, streamed: float, server_cpu: float, client_cpu: float) -> dict:
+    def round_summary(self) -> dict:
         lat = np.array([x for c in self.calls.values() for x in c.latencies]) * 1000
-        finals = [c.final for c in self.calls.values()]
+        return {
+            "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+            "windows_received": int(sum(c.windows for c in self.calls.values())),
+            "rss_mb": self.rss_mb[-1][1] if self.rss_mb else None,
+            "load_average": os.getloadavg()[0],
+            "t": time.monotonic(),
+        }
+
+    def memory_slope(self) -> dict | None:
+        """The server's resident memory after the first round (the warm-up) as a straight line: MB and % per hour."""
+        if len(self.rounds) < 3 or not self.rounds[0]["rss_mb"]:
+            return None
+        warm, t0, t1 = self.rounds[0]["rss_mb"], self.rounds[0]["t"], self.rounds[-1]["t"]
+        t, mb = np.array([(t, mb) for t, mb in self.rss_mb if t0 - 1 <= t <= t1]).T
+        per_hour = float(np.polyfit(t - t0, mb, 1)[0]) * 3600
+        return {
+            "after_warm_up_mb": warm,
+            "mb_per_hour": round(per_hour, 2),
+            "percent_per_hour": round(100 * per_hour / warm, 2),
+        }
+
+    def summary(self, streamed: float, server_cpu: float, client_cpu: float, sigterm_s: float | None) -> dict:
+        lat = np.array([x for c in self.done for x in c.latencies]) * 1000
+        finals = [c.final for c in self.done]
         ended = sum(f is not None and f["state"] == "end" for f in finals)
         return {
             "protocol": self.args.protocol,
             "workers": self.args.workers,
-            "calls": len(self.calls),
+            "calls": len(self.done),
             "call_seconds": round(len(self.samples) / RATE, 2),
             "concurrent_calls": self.peak_concurrency(),
             "calls_completed": ended,
             "calls_failed": len(finals) - ended,
-            "windows_expected": self.expected_windows * len(self.calls),
-            "windows_received": int(sum(c.windows for c in self.calls.values())),
-            "frames_sent": int(sum((c.sent_at > 0).sum() - c.failed for c in self.calls.values())),
-            "frames_dropped": int(sum(c.failed for c in self.calls.values())),
+            "windows_expected": self.expected_windows * len(self.done),
+            "windows_received": int(sum(c.windows for c in self.done)),
+            "frames_sent": int(sum((c.sent_at > 0).sum() - c.failed for c in self.done)),
+            "frames_dropped": int(sum(c.failed for c in self.done)),
             "latency_ms": {
                 q: round(float(np.percentile(lat, p)), 1) if len(lat) else None
                 for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
@@ -244,7 +384,31 @@ class LoadTest:
             "server_cpu_percent": round(100 * server_cpu / streamed, 1) if server_cpu >= 0 else None,  # None: it died
             "client_cpu_percent": round(100 * client_cpu / streamed, 1),
             "load_average": os.getloadavg()[0],
+            "server_rss_mb": {"start": self.rss_mb[0][1], "max": max(mb for _, mb in self.rss_mb)},
+            "sigterm_s": sigterm_s,
+            **(
+                {"rounds": [{k: v for k, v in r.items() if k != "t"} for r in self.rounds]}
+                if len(self.rounds) > 1
+                else {}
+            ),
+            **({"memory_slope": self.memory_slope()} if len(self.rounds) > 2 else {}),
+            **self.hostile_summary(),
         }
+
+    def hostile_summary(self) -> dict:
+        a, h = self.args, self.hostile
+        out: dict = {}
+        if a.flood:
+            out["flood"] = {"connections": a.flood, "mb_sent": round(sum(h["flood_bytes"]) / 1e6, 1)}
+        if a.ping_flood:
+            closed = h["ping_flood_closed_s"]
+            out["ping_flood"] = {"connections": a.ping_flood, "closed": len(closed), "max_s": max(closed, default=None)}
+        if a.slowloris:
+            closed = h["slowloris_closed_s"]
+            out["slowloris"] = {"connections": a.slowloris, "closed": len(closed), "max_s": max(closed, default=None)}
+        if a.dtmf:
+            out["dtmf"] = {"frames": a.dtmf, "lines_out": self.dtmf_lines}
+        return out
 
     def peak_concurrency(self) -> int:
         starts = sorted(c.start_frame for c in self.calls.values())
@@ -262,9 +426,20 @@ def _cpu_seconds(pid: int) -> float:
     return own / os.sysconf("SC_CLK_TCK") + sum(_cpu_seconds(int(c)) for c in children)
 
 
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (serve --workers), in MB; 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+    return round(kb / 1024 + sum(_rss_mb(int(c)) for c in children), 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.loadtest", description=__doc__.split("\n")[0])
-    parser.add_argument("--protocol", choices=["audiosocket", "mediastream"], default="audiosocket")
+    parser.add_argument("--protocol", choices=["audiosocket", "mediastream", "mixed"], default="audiosocket")
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per call (the file loops)")
     parser.add_argument("--file", type=Path, required=True, help="a recorded call (any rate; mixed to mono)")
@@ -274,11 +449,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="the server's processes (serve --workers)")
     parser.add_argument("--model", help="the server's ONNX model (default: the packaged one)")
     parser.add_argument("--max-batch", type=int, help="the server's most windows per model call")
+    parser.add_argument("--read-timeout", type=float, default=10.0, help="the server's --read-timeout")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of --calls new calls, one after the other")
+    parser.add_argument("--flood", type=int, default=0, help="AudioSocket senders at full speed (hostile)")
+    parser.add_argument("--ping-flood", type=int, default=0, help="Media Streams ping floods never reading (hostile)")
+    parser.add_argument("--slowloris", type=int, default=0, help="connections sending a byte every 5 s (hostile)")
+    parser.add_argument("--dtmf", type=int, default=0, help="DTMF frames sent at once by one more call (hostile)")
     args = parser.parse_args(argv)
     if not loopback(args.target.rsplit(":", 1)[0]):
         parser.error("--target must be a loopback address (127.0.0.0/8, ::1, localhost)")
-    if not 1 <= args.calls <= 2000 or not 0 < args.duration <= 600:
-        parser.error("--calls must be 1..2000 and --duration 0..600 s")
+    if not 1 <= args.calls <= 2000 or not 0 < args.duration <= 3600:
+        parser.error("--calls must be 1..2000 and --duration 0..3600 s")
+    wrong = (
+        args.protocol == "mediastream"
+        if args.flood or args.dtmf
+        else args.ping_flood and args.protocol == "audiosocket"
+    )
+    if wrong:
+        parser.error("--flood and --dtmf need AudioSocket calls, --ping-flood Media Streams calls")
+    if args.protocol == "mixed" and not args.target.endswith(":0"):
+        parser.error("--protocol mixed needs a --target with port 0 (each protocol gets its own port)")
     try:
         result = asyncio.run(LoadTest(args).run())
     except (OSError, RuntimeError, sf.LibsndfileError) as exc:

@@ -33,6 +33,8 @@ CLOSE_WAIT_S = 2.0
 QUIET = logging.getLogger("anger_stream.serve.websockets")
 QUIET.setLevel(logging.CRITICAL)  # rejected handshakes would be logged with tracebacks
 CLEAN_CLOSE = {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD}
+MAX_PINGS_PER_S = 50
+"""More pings than this within a second close the connection (platforms ping every few seconds at most)."""
 END_OF_REQUEST = b"\r\n\r\n"
 
 
@@ -52,6 +54,7 @@ class MediaStreamConnection(CallConnection):
         self._frames: deque[Request | Frame] = deque()
         self._eof_fed = False
         self._ws_done = False
+        self._pings: deque[float] = deque(maxlen=MAX_PINGS_PER_S + 1)  # when the last pings arrived
 
     def _feed(self, data: bytes) -> None:
         self._inbox += data
@@ -118,6 +121,8 @@ class MediaStreamConnection(CallConnection):
             self._data(event)
         elif event.opcode is Opcode.CLOSE:
             self._closed_by_peer()
+        elif event.opcode is Opcode.PING:
+            self._pinged()
         self._flush()
 
     def _flush(self) -> None:
@@ -190,6 +195,13 @@ class MediaStreamConnection(CallConnection):
             self.dtmf(event.digit)
         elif isinstance(event, mediastream.MediaStreamStop):
             self.end()
+
+    def _pinged(self) -> None:
+        """A ping (websockets answers it); a flood of them closes the connection."""
+        self._pings.append(now := self.loop.time())
+        if len(self._pings) > MAX_PINGS_PER_S and now - self._pings[0] < 1.0:
+            self.fail(f"more than {MAX_PINGS_PER_S} pings a second")
+            self.transport.abort()  # no closing handshake: a flooding peer may never answer it
 
     def _closed_by_peer(self) -> None:
         """A close frame without `stop`: a clean close ends the call, any other code is an error."""
