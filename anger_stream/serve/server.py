@@ -95,7 +95,8 @@ class CallConnection(asyncio.Protocol):
             self._turn()
             return True  # the connection closes once everything received has been handled
         # over TLS, asyncio closes the connection right after this: everything received is handled now
-        while not self.transport.is_closing() and self._step():
+        self._holds.clear()
+        while not self.transport.is_closing() and self._work(MAX_EVENTS_PER_TURN):
             pass
         return False
 
@@ -112,7 +113,7 @@ class CallConnection(asyncio.Protocol):
     # what each protocol implements
 
     def _feed(self, data: bytes) -> None:
-        """Keep bytes received for `_step`."""
+        """Keep bytes received for `_work`."""
         raise NotImplementedError
 
     def _work(self, budget: int) -> bool:
