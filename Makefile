@@ -17,7 +17,7 @@ demo-file: deps $(BIN)/anger-stream  ## no microphone? a calm and an angry synth
 	espeak-ng -w "$$dir/calm.wav" "$(DEMO_CALM)" && \
 	espeak-ng -s 200 -p 99 -a 200 -g 0 -w "$$dir/angry.wav" "$(DEMO_ANGRY)" && \
 	sox "$$dir/calm.wav" "$$dir/angry.wav" "$$dir/demo.wav" && \
-	$(BIN)/anger-stream --input "$$dir/demo.wav" --realtime --threshold 0.6
+	$(BIN)/anger-stream --input "$$dir/demo.wav" --realtime --threshold 0.6 --patience 2
 
 test: deps $(VENV)/.test-installed  ## set up everything and run the checks and the test suite
 	$(BIN)/ruff check .
@@ -44,13 +44,15 @@ $(VENV)/.test-installed: pyproject.toml
 
 model: $(VENV)/.test-installed  ## retrain and export the shipped model from the corpora in $(SHARED)
 	$(BIN)/python -m tools.train --manifest $(SHARED)/data/ravdess/manifest.csv --manifest $(SHARED)/data/ased/manifest.csv \
-	  --dev $(SHARED)/data/emodb/manifest.csv --pretrained $(SHARED)/pretrained/soundnet8_conv1-5.npz \
-	  --variant T3 --seed 11 --steps 4000 --threads 1 --min-active 0.25 --zero-noise --out runs/T3_RA_s11_4k_ma25zn
-	$(BIN)/python -m tools.export --checkpoint runs/T3_RA_s11_4k_ma25zn/best.pt --out models/anger_fcn.onnx
+	  --manifest $(SHARED)/data/nemo/manifest.csv --dev $(SHARED)/data/emodb/manifest.csv \
+	  --pretrained $(SHARED)/pretrained/soundnet8_conv1-5.npz --variant T3 --seed 11 --steps 4000 --eval-every 250 \
+	  --threads 1 --workers 1 --min-active 0.25 --zero-noise --channels 0.8 --select channels --out runs/T3_RAN_s11_ch80
+	$(BIN)/python -m tools.export --checkpoint runs/T3_RAN_s11_ch80/best.pt --out models/anger_fcn.onnx
 
 evaluate: $(VENV)/.test-installed  ## window and utterance AUROC of the shipped model on the test speakers
 	$(BIN)/python -m tools.evaluate --model models/anger_fcn.onnx --manifest $(SHARED)/data/ravdess/manifest.csv \
-	  --manifest $(SHARED)/data/ased/manifest.csv --manifest $(SHARED)/data/emodb/manifest.csv --json runs/eval.json
+	  --manifest $(SHARED)/data/ased/manifest.csv --manifest $(SHARED)/data/nemo/manifest.csv \
+	  --manifest $(SHARED)/data/emodb/manifest.csv --json runs/eval.json
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .

@@ -281,7 +281,7 @@ def test_segments_are_the_live_detectors(peak_model: Path) -> None:
     result = summarise(detector.analyse(x), detector.config.threshold)
     assert len(starts) == 2
     assert result["segments"] == [[round(a, 3), round(b, 3)] for a, b in zip(starts, ends, strict=True)]
-    assert None in result["windows"] and result["p_max"] > 0.9
+    assert None in result["windows"] and result["p_max"] > 0.7
 
 
 @pytest.mark.shared
@@ -359,7 +359,7 @@ def test_split_channels_score_each_side_of_a_call(two_channel_call: Path, model:
     agent, customer = line["channels"]
     assert (agent["channel"], customer["channel"]) == (0, 1)
     assert agent["segments"] == [] and agent["p_max"] < 0.6
-    assert customer["segments"] and customer["p_max"] > 0.9 and line["p_max"] == customer["p_max"]
+    assert customer["segments"] and customer["p_max"] > 0.7 and line["p_max"] == customer["p_max"]
     stereo, rate = sf.read(str(two_channel_call), dtype="float32")
     detector = AngerDetector(model)
     for side in (agent, customer):

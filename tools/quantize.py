@@ -1,7 +1,8 @@
 """Quantize the anger model to int8 and gate it on accuracy.
 
     python -m tools.quantize --manifest ../shared/data/ravdess/manifest.csv \
-        --manifest ../shared/data/ased/manifest.csv [--mode static|dynamic] [--evaluate]
+        --manifest ../shared/data/ased/manifest.csv --manifest ../shared/data/nemo/manifest.csv \
+        [--mode static|dynamic] [--evaluate --dev ../shared/data/emodb/manifest.csv]
 
 static (default): QDQ, per-channel int8 weights, uint8 activations whose ranges are calibrated on 1024
 run-time windows of the manifests' *train* split, prepared exactly as at run time (--calibrate: percentile,
@@ -10,8 +11,8 @@ on another); --keep-float N leaves the first N convolutions in float32. dynamic:
 activations quantized per call (ConvInteger).
 
 With --evaluate, `tools.evaluate` scores the int8 and the float32 model on the same windows of each
-evaluation set (test split); the int8 model passes if every window AUROC is within --tolerance (0.005)
-of float32. The summary goes to --report; a failing model is deleted.
+manifest's test split and of every --dev corpus (whole); the int8 model passes if every window AUROC is
+within --tolerance (0.005) of float32. The summary goes to --report; a failing model is deleted.
 """
 
 from __future__ import annotations
@@ -39,11 +40,6 @@ from anger_stream import audio
 from tools import evaluate
 from tools.manifest import load_manifest
 
-EVAL_SETS = {
-    "ravdess": Path("/work/shared/data/ravdess/manifest.csv"),
-    "ased": Path("/work/shared/data/ased/manifest.csv"),
-    "emodb": Path("/work/shared/data/emodb/manifest.csv"),
-}
 TOLERANCE = 0.005
 
 
@@ -167,6 +163,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--calibrate", choices=sorted(CALIBRATION), default="percentile", help="activation ranges")
     ap.add_argument("--keep-float", type=int, default=0, help="leave the first N convolutions in float32")
     ap.add_argument("--evaluate", action="store_true", help="gate on window AUROC (tools.evaluate)")
+    ap.add_argument(
+        "--dev", type=Path, action="append", default=[], help="extra corpus scored whole by the gate (EmoDB)"
+    )
     ap.add_argument("--tolerance", type=float, default=TOLERANCE)
     ap.add_argument("--report", type=Path, default=Path("docs/quantize.json"))
     return ap.parse_args(argv)
@@ -182,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.evaluate:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        result = gate(args.model, args.out, EVAL_SETS, args.tolerance, Path(tmp))
+        sets = {m.parent.name: m for m in [*args.manifest, *args.dev]}
+        result = gate(args.model, args.out, sets, args.tolerance, Path(tmp))
     result.update(
         model=str(args.model),
         model_sha256=sha256(args.model),
