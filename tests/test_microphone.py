@@ -55,7 +55,7 @@ def listen(env: dict[str, str], clip: Path, threshold: float) -> list[tuple[floa
     subprocess.run(["paplay", f"--device={SINK}", str(clip)], env=env, check=True, timeout=30)
     time.sleep(1.5)  # the trailing silence closes the last windows
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
+    out, err = proc.communicate(timeout=30)  # closing a PulseAudio stream can take seconds on a loaded machine
     assert proc.returncode == 0, err.decode()
     arrival = time.monotonic()
     return [(arrival, json.loads(line)) for line in out.decode().splitlines()]
