@@ -38,7 +38,15 @@ def pulse(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def start_cli(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    """The CLI as a terminal starts it: SIGINT at its default (a child inherits "ignored" from its parent, and
+    Python then installs no Ctrl-C handler; earlier tests in this process may have left it so)."""
+    return subprocess.Popen(
+        [CLI, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def read_event(proc: subprocess.Popen) -> dict:
@@ -55,7 +63,7 @@ def listen(env: dict[str, str], clip: Path, threshold: float) -> list[tuple[floa
     subprocess.run(["paplay", f"--device={SINK}", str(clip)], env=env, check=True, timeout=30)
     time.sleep(1.5)  # the trailing silence closes the last windows
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)  # closing a PulseAudio stream can take seconds on a loaded machine
+    out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err.decode()
     arrival = time.monotonic()
     return [(arrival, json.loads(line)) for line in out.decode().splitlines()]

@@ -1,4 +1,4 @@
-"""Benchmark the anger model and runtime (issue 5): python -m tools.bench [--model M] [--int8 M8] [--quick].
+"""Benchmark the anger model and runtime: python -m tools.bench [--model M] [--int8 M8] [--quick].
 
 All figures come from one run on this machine and go to docs/benchmarks.md and docs/benchmarks.json:
 single-window latency (onnxruntime vs PyTorch eager vs openSMILE eGeMAPS), batched throughput, FLOP/s

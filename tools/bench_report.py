@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ANALYSIS = "<!-- analysis: written by hand, kept when the benchmark rewrites the sections above -->"
-TARGETS = "Targets are from issue 5; a miss is reported with its size, the reasons are in the text below."
+TARGETS = "Targets are the project's performance goals; a miss is reported with its size and its reasons below."
 
 
 def _ms(stats: dict) -> str:
