@@ -39,7 +39,7 @@ def test_any_chunk_size_gives_the_offline_scores(detector: AngerDetector, speech
     x = np.concatenate([np.zeros(20000, np.float32), x, np.zeros(12000, np.float32)])  # silence around speech
     reference = detector.score(x, rate)
     events = feed_in_chunks(detector, x, chunk)
-    np.testing.assert_array_equal(probs(events), reference)
+    np.testing.assert_allclose(probs(events), reference, rtol=1e-6, atol=1e-7)  # batching may move the last ulp
     starts = [w.t_start for w in windows(events)]
     assert starts == pytest.approx(np.arange(len(reference)) * 0.6)
     assert np.isnan(reference[0]) and np.isfinite(reference).sum() >= 4
