@@ -54,6 +54,10 @@ evaluate: $(VENV)/.test-installed  ## window and utterance AUROC of the shipped 
 	  --manifest $(SHARED)/data/ased/manifest.csv --manifest $(SHARED)/data/nemo/manifest.csv \
 	  --manifest $(SHARED)/data/emodb/manifest.csv --json runs/eval.json
 
+bench: $(VENV)/.test-installed  ## the runtime benchmark: rewrites docs/benchmarks.md and .json (about 3 min)
+	$(BIN)/python -m tools.bench runtime --speech $(SHARED)/data/emodb/manifest.csv \
+	  --speech $(SHARED)/data/ravdess/manifest.csv --out docs/benchmarks
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 

@@ -20,6 +20,10 @@ SAMPLE_RATE = 16_000
 WINDOW_S = 1.2
 HOP_S = 0.6
 MIN_AUDIO_S = 1.0
+WINDOW = round(WINDOW_S * SAMPLE_RATE)
+"""Samples in a default window (19,200: the model's input length)."""
+HOP = round(HOP_S * SAMPLE_RATE)
+"""Samples between the starts of consecutive default windows."""
 TARGET_DBFS = -20.0
 FULL_SCALE = 256.0
 SILENCE_DBFS = -120.0

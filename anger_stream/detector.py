@@ -166,6 +166,11 @@ def window_bounds(n_samples: int, config: DetectorConfig | None = None) -> list[
     return Windower(c.window, c.hop, c.min_audio).bounds(n_samples)
 
 
+def windows(x: np.ndarray, config: DetectorConfig | None = None) -> list[Segment]:
+    """Offline: the windows a live stream of the 16 kHz signal x would cut, unscored (the last ones shorter)."""
+    return [Segment(s, x[s:e]) for s, e in window_bounds(len(x), config)]
+
+
 class EventTracker:
     """Turns window probabilities into anger_start / anger_end with patience and hysteresis."""
 

@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark's building blocks (no timed assertions)."""
+"""Smoke tests of the benchmark's building blocks (tools.bench; no timed assertions)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from anger_stream import audio, detector
 from anger_stream.detector import DetectorConfig, Segment, Stream
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
-from tools import onnxgraph
+from tools.bench import onnxgraph, runtime
+from tools.bench.__main__ import main as bench_main
+from tools.bench.timing import Stats
 from tools.fcn import paper_blocks
-from tools.timing import Stats
 
 WINDOW = 19_200
 
@@ -163,13 +164,15 @@ def test_stream_set_workers_and_batches_give_the_same_events(model_path: Path) -
     assert any(type(e).__name__ == "AngerEnd" for v in results[0].values() for e in v)
 
 
-def test_applied_rows_compare_with_the_previous_run() -> None:
-    from tools import bench_opt
+def test_speech_comes_from_the_given_manifests(shared: Path) -> None:
+    manifest = shared / "data" / "emodb" / "manifest.csv"
+    x = runtime.speech([manifest], 5.0)
+    assert x.dtype == np.float32 and len(x) == 5 * audio.SAMPLE_RATE
+    windows = runtime.prepared(x, 12)
+    assert windows.shape == (12, audio.WINDOW) and np.isfinite(windows).all()
 
-    python = {
-        k: Stats.of([v * 1e-6 / 2])
-        for k, v in (("push", bench_opt.BEFORE["push_us"]), ("score4", bench_opt.BEFORE["score4_us"]))
-    }
-    streams = {"overhead": {"us_per_stream": 100.0}, "fp32": {"sustained_streams": 532}}
-    rows = bench_opt.applied_rows(python, streams)
-    assert [round(r["speedup"], 6) for r in rows] == [2.0, 2.0, round(bench_opt.BEFORE["overhead_us"] / 100, 6), 2.0]
+
+def test_runtime_report_refuses_a_missing_speech_manifest(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="speech manifest not found"):
+        bench_main(["runtime", "--speech", str(tmp_path / "none.csv"), "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b.json").exists()

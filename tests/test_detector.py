@@ -11,6 +11,7 @@ from scipy.signal import resample_poly
 
 from anger_stream import AngerDetector, AngerEnd, AngerStart, DetectorConfig, StreamSet, Window
 from anger_stream.detector import EventTracker, Windower, window_bounds
+from anger_stream.detector import windows as offline_windows
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +182,6 @@ def test_offline_window_bounds_are_what_the_stream_cuts(chunk: int) -> None:
     segments = [s for i in range(0, len(x), chunk) for s in w.push(x[i : i + chunk])] + w.finish()
     assert [(s.start, s.start + len(s.audio)) for s in segments] == window_bounds(len(x))
     assert all(np.array_equal(s.audio, x[s.start : s.start + len(s.audio)]) for s in segments)
+    offline = offline_windows(x)
+    assert [s.start for s in offline] == [s.start for s in segments]
+    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(offline, segments, strict=True))

@@ -16,9 +16,12 @@ Speaker ids are strings everywhere; only RAVDESS and ASED, which number their sp
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+"""The project's shared data folder (corpora in its data/): $ANGER_SHARED, or ../shared beside the repository."""
 SPLITS = ("train", "val", "test")
 NEMO_SPLIT = {"KD0": "test", "TP0": "test", "EB0": "val", "KS0": "val"}
 

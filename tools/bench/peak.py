@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper
 from threadpoolctl import threadpool_limits
 
-from tools.timing import Stats, measure, session
+from tools.bench.timing import Stats, measure, session
 
 
 def _matmul_model(op: str, a_type: int, b_type: int, out_type: int) -> bytes:

@@ -23,8 +23,7 @@ from anger_stream.events import Window
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
 
-HOP_S = audio.HOP_S
-HOP = round(audio.HOP_S * audio.SAMPLE_RATE)
+HOP_S, HOP = audio.HOP_S, audio.HOP
 SINK = "bench_vmic"
 
 
@@ -75,7 +74,7 @@ def cli_run(model: Path, speech: np.ndarray, windows: int = 6) -> dict:
     """One CLI process fed real-time s16le on stdin: seconds to the first window line beyond its 1.2 s, peak RSS."""
     exe = Path(sys.executable).with_name("anger-stream")
     cmd = [str(exe), "--input", "-", "--realtime", "--quiet", "--model", str(model)]
-    pcm = np.clip(speech[: (windows + 2) * HOP + round(audio.WINDOW_S * audio.SAMPLE_RATE)], -1, 1) * 32767
+    pcm = np.clip(speech[: (windows + 2) * HOP + audio.WINDOW], -1, 1) * 32767
     data = pcm.astype("<i2").tobytes()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -170,7 +169,7 @@ def startup_parts(model: Path, reps: int) -> dict:
         "import_cli": "import anger_stream.cli",
         "import_cli_load_model": f"import anger_stream.cli, anger_stream.model as m\nm.AngerModel({str(model)!r})",
     }
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = {}
     for name, code in snippets.items():
         runs = [

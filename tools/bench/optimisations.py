@@ -1,4 +1,5 @@
-"""The optimisations table: each change measured before/after in the same run, alternating between them."""
+"""The optimisations table (each change measured before/after in the same run, alternating between them) and
+the cost of the Python side of a stream."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from anger_stream.detector import DetectorConfig, Segment, Stream, score_windows
+from anger_stream.detector import DetectorConfig, Stream, score_windows, windows
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
-from tools.bench_e2e import NullModel, StreamLoad
-from tools.timing import Budget, Stats, interleaved, session
+from tools.bench.e2e import NullModel, StreamLoad
+from tools.bench.timing import Budget, Stats, interleaved, session
 
 
 def row(change: str, unit: str, before: list[float], after: list[float], scale: float = 1e3) -> dict:
@@ -64,8 +65,8 @@ def session_rows(models: dict[str, str], x: np.ndarray, seconds: float, big: int
 def streamset_rows(name: str, path: str, x16: np.ndarray, batch: int, n: int, cycles: int) -> list[dict]:
     """StreamSet settings, cumulative, at n streams: cycle time (push + tick) per stream.
 
-    Starts from the settings the StreamSet had before commit b39b2be (AngerModel threads=2, max_batch 256,
-    no worker threads), run on the current code, and ends at the benchmark's setting.
+    Starts from the StreamSet's old settings (AngerModel threads=2, max_batch 256, no worker threads), run on
+    the current code, and ends at the benchmark's setting.
     """
     two, one = AngerModel(path, threads=2), AngerModel(path, threads=1)
     steps: list[tuple[str, Callable[[], StreamSet]]] = [
@@ -87,25 +88,12 @@ def streamset_rows(name: str, path: str, x16: np.ndarray, batch: int, n: int, cy
     ] + [row(f"{name} StreamSet, {n} streams: both settings", "us/stream", times[0], times[-1], 1e6)]
 
 
-# Measured by the previous version of the code (core of commit 80a3489, i.e. b39b2be~1) in its benchmark run
-# of 2026-11-25 10:22:55 UTC (docs/benchmarks.json of 80a3489, load average 1.93 -> 4.11): the figures of the
-# core before the changes of b39b2be. The changes are now in the core, so "before" cannot be rerun.
-BEFORE = {
-    "push_us": 20.330,  # Stream.push of 600 ms at 16 kHz (unconditional nan_to_num copy)
-    "score4_us": 239.936,  # score_windows of 4 windows without the model (level and prepare_window per window)
-    "overhead_us": 267.082,  # StreamSet cycle per stream, NullModel, 1,000 streams
-    "fp32_streams": 266,  # sustained streams, StreamSet(AngerModel(threads=2)), max_batch 256
-    "int8_streams": 507,
-}
-BEFORE_COMMIT = "80a3489"
-
-
 def python_side(x16: np.ndarray, seconds: float) -> dict[str, Stats]:
-    """The current Stream.push of 600 ms and score_windows of 4 windows without the model, in isolation."""
+    """Stream.push of 600 ms and score_windows of 4 windows without the model, in isolation."""
     config = DetectorConfig()
     chunk = x16[: config.hop]
     stream = Stream(config)
-    segments = [Segment(i * config.hop, x16[i * config.hop : i * config.hop + config.window]) for i in range(4)]
+    segments = windows(x16, config)[:4]
     null = NullModel()
     t = interleaved(
         {
@@ -115,49 +103,6 @@ def python_side(x16: np.ndarray, seconds: float) -> dict[str, Stats]:
         seconds,
     )
     return {k: Stats.of(v) for k, v in t.items()}
-
-
-def applied_rows(python: dict[str, Stats], streams: dict) -> list[dict]:
-    """Before (previous code, previous run) -> after (current code, this run) for the changes of b39b2be."""
-
-    def pair(change: str, unit: str, before: float, after: float, higher_is_better: bool = False) -> dict:
-        return {
-            "change": change,
-            "unit": unit,
-            "before": before,
-            "after": after,
-            "speedup": after / before if higher_is_better else before / after,
-        }
-
-    rows = [
-        pair(
-            "Stream.push of 600 ms: nan_to_num only when needed", "us", BEFORE["push_us"], python["push"].median * 1e6
-        ),
-        pair(
-            "score_windows of 4 windows without the model: one vectorised pass",
-            "us",
-            BEFORE["score4_us"],
-            python["score4"].median * 1e6,
-        ),
-        pair(
-            "StreamSet cycle without a model, 1,000 streams (Python side)",
-            "us/stream",
-            BEFORE["overhead_us"],
-            streams["overhead"]["us_per_stream"],
-        ),
-    ]
-    for name in ("fp32", "int8"):
-        if name in streams:
-            rows.append(
-                pair(
-                    f"StreamSet {name}: sustained streams (1-thread session, 2 workers, small batches)",
-                    "streams",
-                    BEFORE[f"{name}_streams"],
-                    streams[name]["sustained_streams"],
-                    True,
-                )
-            )
-    return rows
 
 
 def measure_all(models: dict, x: np.ndarray, x16: np.ndarray, batches: dict[str, int], b: Budget) -> list[dict]:

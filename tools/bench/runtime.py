@@ -1,10 +1,9 @@
-"""Benchmark the anger model and runtime: python -m tools.bench [--model M] [--int8 M8] [--quick].
+"""The runtime report: the model and runtime figures of docs/benchmarks.md and docs/benchmarks.json.
 
-All figures come from one run on this machine and go to docs/benchmarks.md and docs/benchmarks.json:
-single-window latency (onnxruntime vs PyTorch eager vs openSMILE eGeMAPS), batched throughput, FLOP/s
-against the measured matmul peak, offline scoring speed, CLI cold start and RSS, StreamSet capacity,
-and the optimisations tables (the changes of b39b2be against the previous run's figures; session
-and StreamSet settings measured before/after in this run, interleaved). --quick is a ~45 s smoke.
+Single-window latency (onnxruntime vs PyTorch eager vs openSMILE eGeMAPS), batched throughput, FLOP/s
+against the measured matmul peak, offline scoring speed, CLI cold start and RSS, StreamSet capacity, the
+Python side's cost per stream, and the optimisations table (session and StreamSet settings measured
+before/after in this run, interleaved). All figures come from one run on this machine.
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +22,18 @@ import onnxruntime as ort
 import soundfile as sf
 
 from anger_stream import audio
+from anger_stream.detector import windows
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
-from tools import bench_e2e, bench_opt, peak
-from tools.bench_report import write_markdown
-from tools.manifest import load_manifest
-from tools.onnxgraph import flops_per_window
-from tools.timing import Budget, Stats, interleaved, session
+from tools.bench import e2e, optimisations, peak
+from tools.bench.onnxgraph import flops_per_window
+from tools.bench.report import write_markdown
+from tools.bench.timing import Budget, Stats, interleaved, session
+from tools.manifest import SHARED, load_manifest
 
-WINDOW = round(audio.WINDOW_S * audio.SAMPLE_RATE)
-HOP = round(audio.HOP_S * audio.SAMPLE_RATE)
-SPEECH = (Path("/work/shared/data/emodb/manifest.csv"), Path("/work/shared/data/ravdess/manifest.csv"))
+WINDOW, HOP = audio.WINDOW, audio.HOP
+SPEECH = (SHARED / "data" / "emodb" / "manifest.csv", SHARED / "data" / "ravdess" / "manifest.csv")
+"""The default --speech manifests: EmoDB and RAVDESS in the project's shared data folder."""
 BATCHES = (1, 4, 16, 64, 256)
 
 
@@ -70,9 +69,9 @@ def environment() -> dict:
     }
 
 
-def speech(seconds: float, seed: int = 0) -> np.ndarray:
-    """Real speech at 16 kHz: shuffled EmoDB and RAVDESS clips concatenated to `seconds`."""
-    clips = [c for m in SPEECH for c in load_manifest(m, "test")]
+def speech(manifests: Sequence[Path], seconds: float, seed: int = 0) -> np.ndarray:
+    """Real speech at 16 kHz: shuffled test-split clips of the manifests concatenated to `seconds`."""
+    clips = [c for m in manifests for c in load_manifest(m, "test")]
     parts, total = [], 0
     for i in np.random.default_rng(seed).permutation(len(clips)):
         x, rate = sf.read(str(clips[i].path), dtype="float32", always_2d=False)
@@ -84,9 +83,8 @@ def speech(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def prepared(x: np.ndarray, n: int) -> np.ndarray:
-    """n distinct prepared windows (the model's input) cut every hop from speech, gated like the runtime."""
-    segs = [x[s : s + WINDOW] for s in range(0, len(x) - WINDOW, HOP)]
-    segs = [s for s in segs if audio.dbfs(s) >= audio.MIN_DBFS]
+    """n prepared windows (the model's input) of the runtime's windows of speech, gated like the runtime."""
+    segs = [w.audio for w in windows(x) if audio.dbfs(w.audio) >= audio.MIN_DBFS]
     return np.stack([audio.prepare_window(segs[i % len(segs)], WINDOW) for i in range(n)])
 
 
@@ -105,7 +103,7 @@ def torch_eager(model: Path, x: np.ndarray, b: Budget) -> dict:
     """PyTorch eager on the ONNX weights (1 thread) vs onnxruntime (1 thread): agreement and latency ratio."""
     import torch
 
-    from tools.onnxgraph import torch_network
+    from tools.bench.onnxgraph import torch_network
 
     torch.set_num_threads(1)
     net = torch_network(model)
@@ -209,13 +207,11 @@ def streams(models: dict[str, Path], x: np.ndarray, batches: dict[str, int], b: 
     """
     n, cycles = (64, 2) if b.quick else (1000, 5)
     out: dict = {
-        "overhead": bench_e2e.measure_streams(
-            lambda: StreamSet(bench_e2e.NullModel(), None, max_batch=4, workers=1), x, n, cycles
-        ),
+        "overhead": e2e.measure_streams(lambda: StreamSet(e2e.NullModel(), None, max_batch=4, workers=1), x, n, cycles),
     }
     for name, path in models.items():
         one = AngerModel(path, threads=1)
-        out[name] = bench_e2e.capacity(
+        out[name] = e2e.capacity(
             lambda m=one, k=batches[name]: StreamSet(m, None, max_batch=k, workers=2),
             x,
             64 if b.quick else 256,
@@ -225,25 +221,40 @@ def streams(models: dict[str, Path], x: np.ndarray, batches: dict[str, int], b: 
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=Path("models/anger_fcn.onnx"))
-    ap.add_argument("--int8", type=Path, default=Path("models/anger_fcn.int8.onnx"), help="skipped if missing")
-    ap.add_argument("--quick", action="store_true", help="a ~45 s smoke run")
-    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="writes OUT.md and OUT.json")
-    args = ap.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=Path("models/anger_fcn.onnx"))
+    parser.add_argument("--int8", type=Path, default=Path("models/anger_fcn.int8.onnx"), help="skipped if missing")
+    parser.add_argument(
+        "--speech",
+        type=Path,
+        action="append",
+        metavar="MANIFEST",
+        help="corpus manifest.csv whose test clips are the speech (repeatable; default: EmoDB and RAVDESS in "
+        f"{SHARED / 'data'}, or $ANGER_SHARED/data)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a ~45 s smoke run")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="writes OUT.md and OUT.json")
+
+
+def run_report(args: argparse.Namespace, command: str) -> None:
+    """Every section in turn (each printed with its seconds), then OUT.json and OUT.md."""
+    manifests = args.speech or list(SPEECH)
+    missing = [str(m) for m in manifests if not m.is_file()]
+    if missing:
+        raise SystemExit(f"error: speech manifest not found: {', '.join(missing)} (give --speech MANIFEST)")
     b = Budget(args.quick)
     t_start = time.perf_counter()
     models = {"fp32": args.model} | ({"int8": args.int8} if args.int8.is_file() else {})
     model_proto = onnx.load(str(args.model))
     flops = flops_per_window(model_proto, WINDOW)
-    x16 = speech(90 if args.quick else 240)
+    x16 = speech(manifests, 90 if args.quick else 240)
     x = prepared(x16, max(BATCHES))
     results: dict = {
-        "command": " ".join(["python -m tools.bench", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command,
         "environment": environment(),
         "quick": args.quick,
         "models": {k: str(v) for k, v in models.items()},
+        "speech": [str(m) for m in manifests],
     }
     results["metadata"] = {p.key: p.value for p in model_proto.metadata_props if p.key in ("variant", "version")}
     results["flops_per_window"] = flops
@@ -253,20 +264,17 @@ def main(argv: list[str] | None = None) -> None:
         "egemaps": lambda: egemaps(args.model, x16[HOP : HOP + WINDOW], x, b),
         "throughput": lambda: throughput(models, x, flops, b),
         "hardware": lambda: hardware(flops, results["throughput"], b),
-        "offline": lambda: bench_e2e.offline(args.model, x16, 30 if args.quick else 600),
-        "cli": lambda: bench_e2e.cli(args.model, x16, 1 if args.quick else 3),
+        "offline": lambda: e2e.offline(args.model, x16, 30 if args.quick else 600),
+        "cli": lambda: e2e.cli(args.model, x16, 1 if args.quick else 3),
         "max_batch": lambda: best_small_batch(results["throughput"]),
         "streams": lambda: streams(models, x16, results["max_batch"], b),
-        "python_side": lambda: {k: v.as_dict() for k, v in bench_opt.python_side(x16, b.t(2.0)).items()},
-        "applied": lambda: bench_opt.applied_rows(
-            {k: Stats(**v) for k, v in results["python_side"].items()}, results["streams"]
-        ),
-        "optimisations": lambda: bench_opt.measure_all(models, x, x16, results["max_batch"], b),
+        "python_side": lambda: {k: v.as_dict() for k, v in optimisations.python_side(x16, b.t(2.0)).items()},
+        "optimisations": lambda: optimisations.measure_all(models, x, x16, results["max_batch"], b),
     }
     results["section_s"] = {}
-    for name, run in sections.items():
+    for name, section in sections.items():
         t0 = time.perf_counter()
-        results[name] = run()
+        results[name] = section()
         results["section_s"][name] = round(time.perf_counter() - t0, 1)
         print(f"{name}: {results['section_s'][name]} s", flush=True)
     results["environment"]["loadavg_end"] = os.getloadavg()
@@ -275,7 +283,3 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, args.out.with_suffix(".md"))
     print(f"wrote {args.out}.md and .json in {results['elapsed_s']:.0f} s")
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@
 The same files through (a) a plain single-process loop (one onnxruntime thread) and (b) the Dask engine on a
 LocalCluster of 1 and 2 worker processes; decoding and resampling included everywhere. Prints a Markdown table.
 
-    python -m tools.bench_batch --data ../shared/data --files 200
+    python -m tools.bench batch --data ../shared/data --files 200
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from anger_stream.batch import connect, find_recordings, run, score_file
-
-SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from tools.manifest import SHARED
 
 
 def pick(folder: Path, n: int) -> list[str]:
@@ -63,14 +62,15 @@ def engine(files: list[str], model: str | None, workers: int, repeat: int) -> tu
     return t1 - t0, t2 - t1, warm, warm_cpu
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=SHARED / "data", help="folder of recordings")
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--model", type=str, default=None, help="ONNX model (default: the packaged one)")
     parser.add_argument("--repeat", type=int, default=3, help="warm passes; the fastest one counts")
-    args = parser.parse_args()
 
+
+def run_report(args: argparse.Namespace, command: str) -> None:
+    """Time the three engines over the same files and print the Markdown table."""
     files = pick(args.data, args.files)
     load_before = os.getloadavg()[0]
     audio_s = sum(score_file(path, args.model, 0.6)["duration"] for path in files)  # and loads the model
@@ -82,7 +82,7 @@ def main() -> None:
         )
 
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    print(f"{len(files)} files, {audio_s / 3600:.3f} h of audio, {os.cpu_count()} CPUs, {load}\n")
+    print(f"`{command}`: {len(files)} files, {audio_s / 3600:.3f} h of audio, {os.cpu_count()} CPUs, {load}\n")
     print(
         "| engine | cluster start s | first pass s | warm pass s | x real time, all in | x real time, warm "
         "| audio s per CPU s (warm) |"
@@ -94,7 +94,3 @@ def main() -> None:
         print(
             f"| {name} | {' | '.join(cells)} | {warm:.1f} | {all_in:.0f} | {audio_s / warm:.0f} | {audio_s / cpu:.0f} |"
         )
-
-
-if __name__ == "__main__":
-    main()
