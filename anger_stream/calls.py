@@ -56,6 +56,7 @@ class _Call:
     received: int = 0  # input samples received
     due_at: int = 0  # input samples at which the next unscored window is complete (as last reported)
     paced: float = 0.0  # input samples its pace allowed when last computed
+    due_since: float = 0.0  # when its next unscored window became due (the `now` given to `receive`)
     limit: int = 0  # input samples it may receive before `wait` must be asked (both bounds, as last computed)
     ending: tuple[str, dict[str, Any]] | None = None  # final state and extra fields, once ended
     end_sent: bool = False
@@ -101,15 +102,16 @@ class Calls:
         self._bound(call, now)
         return [(call_id, Status("start", 0.0, {"sample_rate": sample_rate, **info}))]
 
-    def receive(self, call_id: str, data: bytes) -> bool:
-        """Whole samples of a call's audio, as received (ignored once the call is ending). False when the call
-        may be past its flow-control bounds: then ask `wait`."""
+    def receive(self, call_id: str, data: bytes, now: float = 0.0) -> bool:
+        """Whole samples of a call's audio, as received at `now` (ignored once the call is ending). False when
+        the call may be past its flow-control bounds: then ask `wait`."""
         call = self._calls[call_id]
         if call.ending is not None or not data:
             return True
         call.chunks.append(data)
         call.received += len(data) // call.width
-        if call.received >= call.due_at and call_id not in self._taken_ids:
+        if call.received >= call.due_at and call_id not in self._taken_ids and call_id not in self._ready:
+            call.due_since = now
             self._ready[call_id] = call
         return call.received <= call.limit
 
@@ -152,6 +154,12 @@ class Calls:
             return
         call.ending = (state, info or {})
         self._ready[call_id] = call
+
+    def due_since(self, call_id: str) -> float:
+        """When the audio completing the call's next unscored window arrived (the `now` of that `receive`): a
+        window's latency is counted from there. For a call sending ahead of real time, when the first window
+        of its backlog became due."""
+        return self._calls[call_id].due_since
 
     def t(self, call_id: str) -> float:
         """Seconds of audio received for a call (0 if it is not open)."""

@@ -111,15 +111,16 @@ class ServeProcess:
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
-        self.ports: dict[str, int] = {}
+        self.ports: dict[str, int] = {}  # by protocol, and "metrics" or "dashboard" when served
         self.listening: list[dict[str, Any]] = []  # every worker's, for every protocol
         self.events: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while len(self.listening) < len(protocols) * workers:
             line = self.next(deadline - time.monotonic())
             if line.get("state") == "listening":
-                self.listening.append(line)
                 assert self.ports.setdefault(line["protocol"], line["port"]) == line["port"]
+                if line["protocol"] in protocols:
+                    self.listening.append(line)
 
     def _read(self) -> None:
         for line in self.proc.stdout:

@@ -297,8 +297,9 @@ def runtime_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["batch", "{wav}", "--out", "{tmp}/r.jsonl"], "batch"),
         (["report", "{wav}", "-o", "{tmp}/r.png"], "batch"),
         (["serve", "--mediastream", "127.0.0.1:0"], "serve"),
+        (["serve", "--audiosocket", "127.0.0.1:0", "--metrics", "0"], "metrics"),
     ],
-    ids=["batch", "report", "serve-mediastream"],
+    ids=["batch", "report", "serve-mediastream", "serve-metrics"],
 )
 def test_a_missing_extra_names_the_pip_command(
     runtime_install: Path, speech_wav: Path, tmp_path: Path, args: list[str], extra: str

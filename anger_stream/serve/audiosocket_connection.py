@@ -29,7 +29,7 @@ class AudioSocketConnection(CallConnection):
 
     def _lost(self, exc: Exception | None) -> None:
         if exc is not None and self.parser.received_anything:  # a reset port probe is not a call
-            self.fail(f"connection lost: {exc}")
+            self.fail(f"connection lost: {exc}", "connection_lost")
 
     def quiet(self) -> bool:
         return not self.parser.received_anything
@@ -47,7 +47,7 @@ class AudioSocketConnection(CallConnection):
             else:
                 return True
         except audiosocket.AudioSocketError as exc:
-            self.fail(f"protocol error: {exc}")
+            self.fail(f"protocol error: {exc}", "protocol")
         if self.over:
             self.transport.close()
         return False
@@ -67,7 +67,7 @@ class AudioSocketConnection(CallConnection):
             if event.code == 1 and self.opened:  # the caller hung up
                 self.end("end", {"asterisk_error": 1})
             else:
-                self.fail(f"Asterisk reported error code {event.code}")
+                self.fail(f"Asterisk reported error code {event.code}", "asterisk")
         else:  # Hangup or EOF; before any audio, a port probe (nothing received) gets no line
             if not self.opened and self.parser.received_anything:
                 self.hub.emit([(self.call_id, Status("end", 0.0, {"windows": 0}))])

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .. import options
-from ..events import Event, Window, to_json
+from ..events import Event, Status, Window, to_json
 from .security import TOKEN_ENV, TWILIO_ENV
 
 if TYPE_CHECKING:
@@ -101,6 +102,14 @@ def serve(
             help="Accept connections only from this network, e.g. 10.0.0.0/8 (repeatable; both protocols).",
         ),
     ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics (a bare PORT: 127.0.0.1; all workers' "
+            "counts). Needs the metrics extra.",
+        ),
+    ] = None,
 ) -> None:
     """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.
 
@@ -114,7 +123,7 @@ def serve(
     from ..stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, StdoutClosed, emit_line, fail, require
     from ..streams import StreamSet
     from .audiosocket_connection import AudioSocketConnection
-    from .hub import Hub, ScoringThread, log
+    from .hub import Hub, ScoringThread, log, tee
     from .security import Policy, exposure_warning, parse_network, tls_context
     from .server import Listen, ListenError
     from .server import serve as run_servers
@@ -144,6 +153,10 @@ def serve(
         from .mediastream_connection import MediaStreamConnection
 
         listen.append(Listen(MediaStreamConnection, *parse_address(mediastream, "--mediastream"), tls=tls))
+    metrics_at = None
+    if metrics is not None:
+        require("prometheus_client", "metrics", "--metrics")
+        metrics_at = parse_address(metrics, "--metrics")
     settings = options.detector_settings(
         config_file, threshold=threshold, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis
     )
@@ -156,12 +169,21 @@ def serve(
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
 
+    if workers > 1 and not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):
+        fail("--workers needs fork() and SO_REUSEPORT (Linux); run one server per port instead", EXIT_USAGE)
+
     def work(worker: int | None, listen: list[Listen], scorer: AngerModel | None = None) -> None:
         """One server process; a forked worker loads its own model."""
         scorer = scorer or AngerModel(model, threads=1)
         streams = StreamSet(scorer, config, max_batch=max_batch, workers=threads, max_windows=MAX_WINDOWS_PER_TICK)
         streams.warm_up()
-        hub = Hub(Calls(), ScoringThread(streams), json_lines(emit_line, events_only))
+        sink, on_tick = json_lines(emit_line, events_only), None
+        if metrics_at is not None:
+            from .prometheus import CallMetrics
+
+            counted = CallMetrics()
+            sink, on_tick = tee(sink, counted.events), counted.tick
+        hub = Hub(Calls(), ScoringThread(streams), sink, on_tick)
         try:
             asyncio.run(run_servers(hub, listen, read_timeout, marks, worker, policy))
         except StdoutClosed:
@@ -169,14 +191,40 @@ def serve(
         except ListenError as exc:
             fail(str(exc), EXIT_INPUT)
 
-    if workers == 1:
-        work(None, listen, loaded)
-        return
-    del loaded  # each worker loads its own after the fork
-    if not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):
-        fail("--workers needs fork() and SO_REUSEPORT (Linux); run one server per port instead", EXIT_USAGE)
+    with contextlib.ExitStack() as stack:
+        if metrics_at is not None:
+            stack.enter_context(_metrics_endpoint(*metrics_at))
+        if workers == 1:
+            work(None, listen, loaded)
+            return
+        del loaded  # each worker loads its own after the fork
+        try:
+            per_worker = bind(listen, workers)
+        except ListenError as exc:
+            fail(str(exc), EXIT_INPUT)
+        code = run_workers(per_worker, work)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _metrics_endpoint(host: str, port: int) -> Iterator[None]:
+    """The metrics endpoint for this process and the workers it starts (`listening` line and all), and the
+    folder of their values, removed at the end."""
+    from ..stdio import EXIT_INPUT, emit_line, fail
+    from . import prometheus
+    from .hub import log
+    from .security import is_loopback
+
+    folder = prometheus.prepare()
     try:
-        per_worker = bind(listen, workers)
-    except ListenError as exc:
-        fail(str(exc), EXIT_INPUT)
-    raise typer.Exit(run_workers(per_worker, work))
+        try:
+            host, port = prometheus.serve_endpoint(host, port)
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} (metrics): {exc.strerror or exc}", EXIT_INPUT)
+        log(f"metrics listening on {host}:{port}")
+        if not is_loopback(host):
+            log(f"WARNING: metrics on {host}:{port} are readable by anyone who reaches the port (see the README)")
+        emit_line(to_json(Status("listening", 0.0, {"protocol": "metrics", "host": host, "port": port})))
+        yield
+    finally:
+        prometheus.cleanup(folder)

@@ -15,14 +15,35 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..calls import CallEvent, Calls
-from ..events import Event, Status
+from ..events import Event, Status, Window
 from ..streams import Feed, Scored, StreamSet
 
 Sink = Callable[[list[CallEvent]], None]
 """Where events go: JSON lines on stdout (serve/command.py), or an application's own handler."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One pass of the scoring thread, as the hub saw it (what `serve --metrics` counts besides the events)."""
+
+    windows: int  # windows the model scored (silent ones are not scored)
+    seconds: float  # how long scoring took
+    late: bool  # longer than a hop: the lines fall behind the audio
+    latencies: tuple[float, ...]  # per window line: seconds from the arrival of the audio that made it due
+
+
+def tee(*sinks: Sink) -> Sink:
+    """One sink that hands every batch of events to each of `sinks` in turn."""
+
+    def sink(events: list[CallEvent]) -> None:
+        for each in sinks:
+            each(events)
+
+    return sink
 
 
 def log(message: str) -> None:
@@ -57,10 +78,13 @@ class ScoringThread:
 class Hub:
     """Calls in, events out: ticks the scoring thread whenever a call has a window due or has ended."""
 
-    def __init__(self, calls: Calls, scoring: ScoringThread, sink: Sink) -> None:
+    def __init__(
+        self, calls: Calls, scoring: ScoringThread, sink: Sink, on_tick: Callable[[Tick], None] | None = None
+    ) -> None:
         self.calls = calls
         self.scoring = scoring
         self._sink = sink
+        self._on_tick = on_tick
         self.failure: Exception | None = None  # the sink failed (e.g. stdout closed): the server stops
         self.failed = asyncio.Event()
         self._on_events: dict[str, Callable[[list[Event]], None]] = {}
@@ -102,9 +126,10 @@ class Hub:
         self._idle.clear()
         self.emit(events)
 
-    def push(self, call_id: str, data: bytes) -> None:
-        """Audio bytes of a call as received (whole samples); its reader is held if the call is ahead."""
-        within = self.calls.receive(call_id, data)
+    def push(self, call_id: str, data: bytes, now: float = 0.0) -> None:
+        """Audio bytes of a call as received at `now` (time.monotonic(), whole samples); its reader is held if
+        the call is ahead."""
+        within = self.calls.receive(call_id, data, now)
         if self.calls.due:
             self._wake.set()
         if not within and call_id not in self._held:
@@ -150,10 +175,16 @@ class Hub:
                 if not self.calls.due:
                     continue
                 feeds = self.calls.take()
+                since = {
+                    f.stream_id: self.calls.due_since(f.stream_id) for f in feeds if self._on_tick and not f.ending
+                }
                 started = time.monotonic()
                 events = self.calls.settle(await self.scoring.run(feeds))
-                self._check_pace(time.monotonic() - started, len(events))
+                elapsed = time.monotonic() - started
+                self._check_pace(elapsed, len(events))
                 self._publish(events)
+                if self._on_tick is not None:
+                    self._on_tick(self._tick(events, since, elapsed))
                 for call_id in [c for c, timer in self._held.items() if timer is None]:
                     self._check(call_id)
                 if self.calls.due:
@@ -177,6 +208,13 @@ class Hub:
                 timer.cancel()
         if not len(self.calls):
             self._idle.set()
+
+    def _tick(self, events: list[CallEvent], since: dict[str, float], elapsed: float) -> Tick:
+        now = time.monotonic()
+        windows = [(call_id, e) for call_id, e in events if isinstance(e, Window)]
+        latencies = tuple(now - since[call_id] for call_id, _ in windows if call_id in since)
+        scored = sum(e.p is not None for _, e in windows)
+        return Tick(scored, elapsed, elapsed > self.scoring.hop_s, latencies)
 
     def _check_pace(self, elapsed: float, n_events: int) -> None:
         """Warn (at most once a minute) when scoring takes longer than a hop: latency then keeps growing."""

@@ -66,9 +66,9 @@ class MediaStreamConnection(CallConnection):
         if not self.handshaken:
             return
         if exc is not None:
-            self.fail(f"connection lost: {exc}")
+            self.fail(f"connection lost: {exc}", "connection_lost")
         else:
-            self.fail("connection lost: closed without a close frame")  # no-op if the call has ended
+            self.fail("connection lost: closed without a close frame", "connection_lost")  # no-op if the call has ended
 
     def _work(self, budget: int) -> bool:
         return all(not self.held and not self.transport.is_closing() and self._step() for _ in range(budget))
@@ -110,7 +110,7 @@ class MediaStreamConnection(CallConnection):
         if self.handshaken and not self._frames and self.ws.parser_exc is not None:
             exc = self.ws.parser_exc
             reason = "closed without a close frame" if isinstance(exc, EOFError) else f"WebSocket error: {exc}"
-            self.fail(f"connection lost: {reason}")
+            self.fail(f"connection lost: {reason}", "connection_lost")
 
     def _received(self, event: Request | Frame) -> None:
         if isinstance(event, Request):
@@ -175,7 +175,7 @@ class MediaStreamConnection(CallConnection):
                     raise mediastream.MediaStreamError("text message is not valid UTF-8") from None
             self._message(self.parser.receive(data))
         except mediastream.MediaStreamError as exc:
-            self.fail(f"protocol error: {exc}")
+            self.fail(f"protocol error: {exc}", "protocol")
         if self.over:
             self.close(CloseCode.NORMAL_CLOSURE if self.parser.done else CloseCode.POLICY_VIOLATION)
 
@@ -200,7 +200,7 @@ class MediaStreamConnection(CallConnection):
         """A ping (websockets answers it); a flood of them closes the connection."""
         self._pings.append(now := self.loop.time())
         if len(self._pings) > MAX_PINGS_PER_S and now - self._pings[0] < 1.0:
-            self.fail(f"more than {MAX_PINGS_PER_S} pings a second")
+            self.fail(f"more than {MAX_PINGS_PER_S} pings a second", "ping_flood")
             self.transport.abort()  # no closing handshake: a flooding peer may never answer it
 
     def _closed_by_peer(self) -> None:
@@ -209,7 +209,7 @@ class MediaStreamConnection(CallConnection):
         if received is None or received.code in CLEAN_CLOSE:
             self.end("end", {"stop": False})
         else:
-            self.fail(f"connection closed by the peer with {received}")
+            self.fail(f"connection closed by the peer with {received}", "closed_by_peer")
 
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Start the closing handshake; abort the TCP connection if the peer does not finish it."""

@@ -102,7 +102,7 @@ class CallConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """More than MAX_OUTPUT bytes wait for a peer that does not read them."""
-        self.fail(f"the peer does not read what it is sent ({MAX_OUTPUT} bytes waiting)")
+        self.fail(f"the peer does not read what it is sent ({MAX_OUTPUT} bytes waiting)", "not_reading")
         self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -175,7 +175,7 @@ class CallConnection(asyncio.Protocol):
 
     def _refuse(self, call_id: str, exc: DuplicateCall) -> None:
         self.call_id = f"{call_id}@{self.peer}"  # the other connection owns that id
-        self.fail(str(exc))
+        self.fail(str(exc), "duplicate_call")
 
     def open(
         self,
@@ -193,7 +193,7 @@ class CallConnection(asyncio.Protocol):
             self._refuse(self.call_id, exc)
             return
         except ValueError as exc:  # a rate or encoding the call core cannot take
-            self.fail(str(exc))
+            self.fail(str(exc), "bad_format")
             return
         self.opened = True
         self.opened_at = self.loop.time()
@@ -201,7 +201,7 @@ class CallConnection(asyncio.Protocol):
     def push(self, data: bytes) -> None:
         """Audio of the open call."""
         self.saw()
-        self.hub.push(self.call_id, data)
+        self.hub.push(self.call_id, data, self.seen)
 
     def dtmf(self, digit: str) -> None:
         """A DTMF digit (ignored before the call has started)."""
@@ -216,16 +216,18 @@ class CallConnection(asyncio.Protocol):
         if self.opened:
             self.hub.end(self.call_id, state, info)
 
-    def fail(self, message: str) -> None:
-        """Log a call's error and report it: after its last windows if it started, at once otherwise."""
+    def fail(self, message: str, kind: str) -> None:
+        """Log a call's error and report it: after its last windows if it started, at once otherwise. `kind`
+        names the error for machines (`error_kind`; the README lists them)."""
         if self.over:
             return
         log(f"call {self.call_id}: {message}; closing it")
         if self.opened:
-            self.end("error", {"error": message})
+            self.end("error", {"error": message, "error_kind": kind})
         else:
             self.over = True
-            self.hub.emit([(self.call_id, Status("error", 0.0, {"error": message}))])
+            info = {"error": message, "error_kind": kind, "protocol": self.protocol}
+            self.hub.emit([(self.call_id, Status("error", 0.0, info))])
 
 
 @dataclass(frozen=True)
@@ -292,16 +294,16 @@ class Server:
                 if conn.held or conn.over:
                     continue
                 if now - conn.seen > self.read_timeout:
-                    self._close(conn, f"{conn.idle_error} for {self.read_timeout:g} s")
+                    self._close(conn, f"{conn.idle_error} for {self.read_timeout:g} s", "timeout")
                 elif conn.opened and self.hub.t(conn.call_id) < MIN_SPEED * (now - conn.opened_at) - self.read_timeout:
-                    self._close(conn, f"audio arrives at less than {MIN_SPEED:g} times real time")
+                    self._close(conn, f"audio arrives at less than {MIN_SPEED:g} times real time", "too_slow")
 
-    def _close(self, conn: CallConnection, message: str) -> None:
+    def _close(self, conn: CallConnection, message: str, kind: str) -> None:
         if conn.quiet():
             conn.over = True
             conn.transport.abort()
             return
-        conn.fail(message)
+        conn.fail(message, kind)
         conn.close()
 
 

@@ -1,0 +1,128 @@
+"""`serve --metrics`: the Prometheus endpoint scraped during and after real calls over real sockets, its counts
+checked against the calls made and the lines printed, summed over `--workers 2`."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from serve_support import ServeProcess, audiosocket_call, mediastream_call, paced_audiosocket_call
+
+from anger_stream.serve import audiosocket
+
+pytest.importorskip("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+FINAL = ("end", "error", "interrupted")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the endpoint: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, lbl), v in samples.items() if n == name and want <= set(lbl))
+
+
+def dtmf_flood_call(port: int, samples: np.ndarray, digits: int) -> str:
+    """An AudioSocket call that sends `digits` DTMF frames after its first audio frame (more than a keypad can)."""
+    call = str(uuid.uuid4())
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(audiosocket.uuid_frame(call) + audiosocket.audio_frame(samples[:160]))
+        s.sendall(audiosocket.dtmf_frame("5") * digits)
+        for i in range(160, len(samples), 160):
+            s.sendall(audiosocket.audio_frame(samples[i : i + 160]))
+        s.sendall(audiosocket.hangup_frame())
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(10)
+        while s.recv(4096):
+            pass
+    return call
+
+
+def audio_before_uuid(port: int, samples: np.ndarray) -> None:
+    """A protocol error before the call starts (AudioSocket wants the UUID frame first)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(audiosocket.audio_frame(samples[:160]))
+        s.settimeout(10)
+        while s.recv(4096):
+            pass
+
+
+@pytest.fixture
+def server() -> Iterator[ServeProcess]:
+    srv = ServeProcess("--metrics", "127.0.0.1:0", protocols=("audiosocket", "mediastream"), workers=2)
+    yield srv
+    assert srv.stop() == 0
+
+
+def test_metrics_count_the_calls_of_every_worker(server: ServeProcess, speech: np.ndarray) -> None:
+    port, a_port, m_port = server.ports["metrics"], server.ports["audiosocket"], server.ports["mediastream"]
+    paced = [str(uuid.uuid4()) for _ in range(4)]
+    callers = [threading.Thread(target=paced_audiosocket_call, args=(a_port, speech, c)) for c in paced]
+    for t in callers:
+        t.start()
+
+    # during the calls: the four real-time calls are being served, by one worker or the other
+    deadline, during = time.monotonic() + 4.0, {}
+    while time.monotonic() < deadline:
+        during = scrape(port)
+        if total(during, "anger_stream_calls_active") == 4:
+            break
+        time.sleep(0.1)
+    assert total(during, "anger_stream_calls_active", protocol="audiosocket") == 4, during
+    assert total(during, "anger_stream_calls_total", protocol="audiosocket") == 4
+
+    with ThreadPoolExecutor(4) as pool:
+        fast = list(pool.map(lambda _: mediastream_call(m_port, speech), range(10)))
+        fast.append(audiosocket_call(a_port, speech))
+        flood = dtmf_flood_call(a_port, speech, 60)
+        audio_before_uuid(a_port, speech)
+    for t in callers:
+        t.join()
+    calls = [*paced, *fast, flood]
+    for c in calls:
+        server.call_events(c)
+    deadline = time.monotonic() + 10  # the protocol error's line
+    while not any(e.get("error_kind") == "protocol" for e in server.events):
+        server.events.append(server.next(deadline - time.monotonic()))
+    after = scrape(port)
+
+    lines = server.events
+    starts = [e for e in lines if e.get("state") == "start"]
+    assert {e["worker"] for e in starts} == {0, 1}, "the kernel spreads the calls over both workers"
+    finals = {e["call"]: e for e in lines if e.get("state") in FINAL}
+    assert all(finals[c]["state"] == "end" for c in calls)
+    windows = [e for e in lines if e["type"] == "window"]
+    scored = sum(e["p"] is not None for e in windows)
+    assert total(after, "anger_stream_calls_total", protocol="audiosocket") == 6
+    assert total(after, "anger_stream_calls_total", protocol="mediastream") == 10
+    assert total(after, "anger_stream_calls_active") == 0
+    assert total(after, "anger_stream_windows_total", result="scored") == scored > 0
+    assert total(after, "anger_stream_windows_total", result="silent") == len(windows) - scored
+    assert total(after, "anger_stream_tick_windows_sum") == scored
+    assert total(after, "anger_stream_anger_segments_total") == sum(e["type"] == "anger_start" for e in lines)
+    assert total(after, "anger_stream_call_errors_total") == 1
+    assert total(after, "anger_stream_call_errors_total", protocol="audiosocket", kind="protocol") == 1
+    assert total(after, "anger_stream_dtmf_dropped_total") == finals[flood]["dtmf_dropped"] > 0
+    # every window line but those scored after its call ended has a latency, all under 5 s here
+    latencies = total(after, "anger_stream_window_latency_seconds_count")
+    assert len(windows) - 2 * len(calls) <= latencies <= len(windows)
+    assert total(after, "anger_stream_window_latency_seconds_bucket", le="5.0") == latencies
+    assert 0 < total(after, "anger_stream_window_latency_seconds_sum") < latencies
