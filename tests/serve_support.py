@@ -163,12 +163,17 @@ def audiosocket_call(
         s.sendall(audiosocket.uuid_frame(call))
         for i in range(0, len(samples), frame):
             s.sendall(audiosocket.audio_frame(samples[i : i + frame], 8000))
-        s.sendall(audiosocket.hangup_frame())
-        s.shutdown(socket.SHUT_WR)
-        s.settimeout(10)
-        while s.recv(4096):
-            pass
+        hang_up(s)
     return call
+
+
+def hang_up(s: socket.socket) -> None:
+    """End an AudioSocket call: the hangup frame, then wait until the server closes the connection."""
+    s.sendall(audiosocket.hangup_frame())
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(10)
+    while s.recv(4096):
+        pass
 
 
 def paced_audiosocket_call(port: int, samples: np.ndarray, call: str) -> None:

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from serve_support import ServeProcess, audiosocket_call, mediastream_call, paced_audiosocket_call
+from serve_support import ServeProcess, audiosocket_call, hang_up, mediastream_call, paced_audiosocket_call
 
 from anger_stream.serve import audiosocket
 
@@ -48,11 +48,7 @@ def dtmf_flood_call(port: int, samples: np.ndarray, digits: int) -> str:
         s.sendall(audiosocket.dtmf_frame("5") * digits)
         for i in range(160, len(samples), 160):
             s.sendall(audiosocket.audio_frame(samples[i : i + 160]))
-        s.sendall(audiosocket.hangup_frame())
-        s.shutdown(socket.SHUT_WR)
-        s.settimeout(10)
-        while s.recv(4096):
-            pass
+        hang_up(s)
     return call
 
 
