@@ -18,7 +18,7 @@ import typer
 from . import audio, channels, options
 from .batch import SETTINGS
 from .batch import record as make_record
-from .detector import AngerDetector, DetectorConfig
+from .detector import AngerDetector, DetectorConfig, window_bounds
 
 FRAME_S = 0.05
 SIZE_PX = (1400, 600)
@@ -36,9 +36,12 @@ def frame_levels(samples: np.ndarray, rate: int, frame_s: float = FRAME_S) -> tu
 
 
 def window_centres(n_windows: int, duration: float, config: DetectorConfig) -> np.ndarray:
-    """Centre time of each window; the last windows are cut short by the end of the recording."""
-    starts = np.arange(n_windows) * config.hop_s
-    return (starts + np.minimum(starts + config.window_s, duration)) / 2
+    """Centre time of each of a recording's first n_windows windows (`window_bounds`: the last ones are cut
+    short by the end of the recording)."""
+    n = round(duration * audio.SAMPLE_RATE)
+    n = max(n, (n_windows - 1) * config.hop + config.min_audio)  # a duration rounded to 1 ms may lose a sample
+    bounds = np.array(window_bounds(n, config)[:n_windows], dtype=np.float64).reshape(-1, 2)
+    return bounds.mean(axis=1) / audio.SAMPLE_RATE
 
 
 def _clock(t: float, _pos: object = None) -> str:

@@ -25,7 +25,7 @@ import soundfile as sf
 from anger_stream.detector import AngerDetector
 from anger_stream.events import to_json
 from anger_stream.serve import audiosocket, mediastream
-from tools.telephone import mulaw_encode
+from tools.channels import mulaw_encode
 
 CLI = str(Path(sys.executable).parent / "anger-stream")
 TEXT = "I have been waiting on the phone for an hour and nobody can tell me where my order is."

@@ -8,7 +8,7 @@ import pytest
 from anger_stream import AngerDetector, Calls, StreamSet, Window, codec
 from anger_stream.calls import DTMF_BURST, DuplicateCall
 from anger_stream.events import Status
-from tools.telephone import mulaw_encode
+from tools.channels import mulaw_encode
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""tools.evaluate and tools.telephone: synthetic clips with a tiny hand-built ONNX model, SoX, real clips."""
+"""tools.evaluate and the telephone channel: synthetic clips with a tiny hand-built ONNX model, SoX, real clips."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tools import egemaps, evaluate
-from tools.telephone import mulaw_encode, telephone
+from tools.channels import mulaw_encode, telephone
+from tools.evaluate import auroc, egemaps, scoring
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -52,17 +52,17 @@ def synth_manifest(tmp_path: Path) -> Path:
 
 
 def test_silence_gate_and_windows(synth_manifest: Path) -> None:
-    clips = {c.path.name: c for c in evaluate.load_clips([synth_manifest], "test")}
-    segments, gated = evaluate.clip_segments(clips["half_silent.flac"])
+    clips = {c.path.name: c for c in scoring.load_clips([synth_manifest], "test")}
+    segments, gated = scoring.clip_segments(clips["half_silent.flac"])
     assert ([len(s) for s in segments], gated) == ([19200, 19200], 2)  # 3 s: windows at 0, .6, 1.2, 1.8 s
-    assert evaluate.clip_segments(clips["silent.flac"]) == ([], 2)
-    assert evaluate.clip_segments(clips["short.flac"]) == ([], 0)
-    assert [len(s) for s in evaluate.clip_segments(clips["tone_8k.flac"])[0]] == [19200, 19200, 16000]
+    assert scoring.clip_segments(clips["silent.flac"]) == ([], 2)
+    assert scoring.clip_segments(clips["short.flac"]) == ([], 0)
+    assert [len(s) for s in scoring.clip_segments(clips["tone_8k.flac"])[0]] == [19200, 19200, 16000]
 
 
 def test_end_to_end(synth_manifest: Path, peak_model: Path, tmp_path: Path) -> None:
     out, plot = tmp_path / "out.json", tmp_path / "roc.png"
-    evaluate.main(
+    auroc.main(
         ["--model", str(peak_model), "--manifest", str(synth_manifest), "--json", str(out)]
         + ["--compare", str(peak_model), "--plot", str(plot)]
     )
@@ -100,7 +100,7 @@ def test_bad_manifest(tmp_path: Path, peak_model: Path) -> None:
     (tmp_path / "manifest.csv").write_text("path,corpus,speaker\na.flac,emodb,03\n")
     args = ["--model", str(peak_model), "--manifest", str(tmp_path / "manifest.csv"), "--json", "unused.json"]
     with pytest.raises(SystemExit, match="error: manifest .* has no column 'anger'"):
-        evaluate.main(args)
+        auroc.main(args)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ def test_bad_input(synth_manifest: Path, peak_model: Path, args: list[str], mess
     base = {"--model": str(peak_model), "--manifest": str(synth_manifest), "--json": "unused.json"}
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     with pytest.raises(SystemExit, match=message):
-        evaluate.main([item for pair in base.items() for item in pair])
+        auroc.main([item for pair in base.items() for item in pair])
 
 
 @pytest.mark.skipif(shutil.which("sox") is None, reason="sox not installed")
@@ -148,7 +148,7 @@ def test_shipped_model_on_real_clips(tmp_path: Path) -> None:
         writer.writeheader()
         writer.writerows([{**r, "corpus": "emodb", "speaker": r["path"][-12:-10], "duration_s": 2.0} for r in rows])
     out = tmp_path / "out.json"
-    evaluate.main(["--model", str(MODEL), "--manifest", str(manifest), "--json", str(out), "--telephone"])
+    auroc.main(["--model", str(MODEL), "--manifest", str(manifest), "--json", str(out), "--telephone"])
     result = json.loads(out.read_text())
     assert (result["n_windows"], result["n_utterances"], result["channel"]) == (8, 4, "8 kHz G.711 mu-law")
     assert 0.0 <= result["auroc"] <= 1.0

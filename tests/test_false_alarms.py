@@ -1,4 +1,4 @@
-"""tools.false_alarms: the README's false-alarm table from a few real test-speaker clips."""
+"""tools.evaluate.false_alarms: the README's false-alarm table from a few real test-speaker clips."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import false_alarms
+from tools.evaluate import false_alarms
 
 
 def test_table_from_real_clips(shared: Path, tmp_path: Path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""tools.robustness on a tiny synthetic corpus: end to end, cached, deterministic, equal to a direct computation."""
+"""tools.evaluate.robustness on a tiny synthetic corpus: end to end, cached, deterministic, as computed directly."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import soundfile as sf
 
 from anger_stream import audio, metrics
 from anger_stream.model import AngerModel
-from tools import channels, egemaps, robustness
-from tools.evaluate import gated_segments, load_audio, load_clips
+from tools import channels
+from tools.evaluate import egemaps, robustness
+from tools.evaluate.scoring import gated_segments, load_audio, load_clips
 
 SR = 16_000
 MODEL = Path(__file__).resolve().parents[1] / "models" / "anger_fcn.onnx"

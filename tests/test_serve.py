@@ -81,7 +81,7 @@ def test_websocket_fragments_pings_and_invalid_utf8(server: ServeProcess, speech
     from websockets.sync.client import connect
     from websockets.uri import parse_uri
 
-    from tools.telephone import mulaw_encode
+    from tools.channels import mulaw_encode
 
     call, sid, port = f"CA{uuid.uuid4().hex}", f"MZ{uuid.uuid4().hex}", server.ports["mediastream"]
     payload = mulaw_encode(speech.astype(np.float32) / 32768.0)
@@ -177,7 +177,7 @@ def test_events_only_and_marks(speech: np.ndarray) -> None:
         with connect(f"ws://127.0.0.1:{srv.ports['mediastream']}") as ws:
             ws.send(mediastream.start_message(sid, call))
             payload = mulaw_roundtrip(speech)
-            from tools.telephone import mulaw_encode
+            from tools.channels import mulaw_encode
 
             data = mulaw_encode(payload)
             for n, i in enumerate(range(0, len(data), 160)):

@@ -128,7 +128,7 @@ def sent_then_closed(port: int, client: ssl.SSLContext, samples: np.ndarray) -> 
     from websockets.protocol import State
     from websockets.uri import parse_uri
 
-    from tools.telephone import mulaw_encode
+    from tools.channels import mulaw_encode
 
     call, sid = f"CA{uuid.uuid4().hex}", f"MZ{uuid.uuid4().hex}"
     payload = mulaw_encode(samples.astype(np.float32) / 32768.0)

@@ -8,6 +8,11 @@ random settings, so training and evaluation describe channels the same way.
 Filters come from scipy.signal (Butterworth designs and the audio-EQ-cookbook biquads), rooms from
 pyroomacoustics, codecs from libsndfile (GSM 06.10, MP3) and the project's G.711 coder. (audiomentations
 offers the same filters but caps soxr below 1.0, which the Pipecat extra needs.)
+
+The G.711 mu-law encoder is the Sun/CCITT reference coder on 14-bit samples, rounded from float as SoX does
+(it matches `sox -e mu-law` byte for byte on every 16-bit input); decoding uses the runtime's table
+(`anger_stream.codec.decode`), so evaluation hears what a mu-law caller would send. The tests and the serve
+load test encode their callers' audio with it.
 """
 
 from __future__ import annotations
@@ -18,16 +23,16 @@ from collections.abc import Callable
 from functools import cache
 
 import numpy as np
-import pyroomacoustics as pra
 import soundfile as sf
 from scipy import signal
 
 from anger_stream import codec
 from anger_stream.audio import SAMPLE_RATE, resample
-from tools.telephone import mulaw_encode
 
 SR = SAMPLE_RATE
 NARROW = 8_000
+_BIAS = 0x84 >> 2  # the mu-law bias on the 14-bit scale
+_CLIP = 8159  # the largest 14-bit magnitude mu-law can code
 Channel = Callable[[np.ndarray, np.random.Generator, np.ndarray | None], np.ndarray]
 
 
@@ -112,17 +117,30 @@ def high_pass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
 # --- lines and codecs ----------------------------------------------------------------------------------
 
 
+def mulaw_encode(x: np.ndarray) -> bytes:
+    """Float samples (full scale 1.0) -> G.711 mu-law bytes."""
+    scaled = np.floor(np.asarray(x, dtype=np.float64) * 8192.0 + 0.5)  # to 14 bits, rounding as SoX does
+    pcm = np.clip(scaled, -8192, 8191).astype(np.int32)
+    mask = np.where(pcm < 0, 0x7F, 0xFF)
+    mag = np.minimum(np.abs(pcm), _CLIP) + _BIAS
+    seg = np.maximum(np.floor(np.log2(mag)).astype(np.int32) - 5, 0)  # first seg with mag <= 0x3F << seg
+    code = np.where(seg > 7, 0x7F, (np.minimum(seg, 7) << 4) | ((mag >> (np.minimum(seg, 7) + 1)) & 0x0F))
+    return (code ^ mask).astype(np.uint8).tobytes()
+
+
 def _band(x: np.ndarray) -> np.ndarray:
     """The telephone band, 300-3400 Hz, at 8 kHz (4th-order Butterworth band-pass)."""
     sos = signal.butter(4, [300, 3400], btype="bandpass", fs=NARROW, output="sos")
     return signal.sosfilt(sos, x)
 
 
-def telephone(x: np.ndarray, law: str = "mulaw") -> np.ndarray:
-    """16 kHz -> 8 kHz, 300-3400 Hz, G.711 (mu-law or A-law) -> 16 kHz."""
-    narrow = _band(resample(x, SR, NARROW))
-    peak = max(float(np.max(np.abs(narrow))), 1e-9)
-    narrow = narrow / max(peak, 1.0)
+def telephone(x: np.ndarray, law: str = "mulaw", band: bool = False) -> np.ndarray:
+    """16 kHz -> 8 kHz -> G.711 (mu-law or A-law) -> 16 kHz. With `band`, the line's 300-3400 Hz band-pass
+    first, scaled down to full scale where it would clip (the evaluation's channel has no band-pass)."""
+    narrow = resample(x, SR, NARROW)
+    if band:
+        narrow = _band(narrow)
+        narrow = narrow / max(float(np.max(np.abs(narrow))), 1.0)
     if law == "mulaw":
         coded = codec.decode(mulaw_encode(narrow), "mulaw")
     else:
@@ -176,6 +194,8 @@ def room_response(rt60: float, seed: int) -> np.ndarray:
     pyroomacoustics), source and microphone placed at random; unit energy."""
     rng = np.random.default_rng(seed)
     dim = rng.uniform([3.0, 3.0, 2.4], [8.0, 7.0, 3.5])
+    import pyroomacoustics as pra  # only rooms need it (and its import is slow)
+
     absorption, order = pra.inverse_sabine(rt60, dim)
     room = pra.ShoeBox(dim, fs=SR, materials=pra.Material(absorption), max_order=min(order, 40))
     room.add_source(rng.uniform([0.5, 0.5, 1.0], dim - [0.5, 0.5, 1.0]))
@@ -248,7 +268,7 @@ SUITE: dict[str, Channel] = {
     "bright (pre-emphasis 0.9)": lambda x, rng, pool: pre_emphasis(x, 0.9),
     "dull (-6 dB/oct above 800 Hz)": lambda x, rng, pool: dull_tilt(x, 800.0),
     "random EQ (+-12 dB)": lambda x, rng, pool: random_eq(x, rng),
-    "telephone 8 kHz mu-law": lambda x, rng, pool: telephone(x, "mulaw"),
+    "telephone 8 kHz mu-law": lambda x, rng, pool: telephone(x, "mulaw", band=True),
     "GSM 06.10": lambda x, rng, pool: gsm(x),
     "MP3 24 kbit/s": lambda x, rng, pool: mp3(x, 0.9),
     "low-pass 1.5 kHz": lambda x, rng, pool: low_pass(x, 1500.0),
@@ -303,7 +323,7 @@ def random_channel(x: np.ndarray, rng: np.random.Generator, babble_pool: np.ndar
         elif kind == 1:
             y = high_pass(y, rng.uniform(100.0, 600.0))
         elif kind == 2:
-            y = telephone(y, "mulaw" if rng.random() < 0.5 else "alaw")
+            y = telephone(y, "mulaw" if rng.random() < 0.5 else "alaw", band=True)
         elif kind == 3:
             y = gsm(y)
         else:

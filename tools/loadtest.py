@@ -40,7 +40,7 @@ from websockets.uri import parse_uri
 from anger_stream import audio
 from anger_stream.detector import window_bounds
 from anger_stream.serve import audiosocket, mediastream
-from tools.telephone import mulaw_encode
+from tools.channels import mulaw_encode
 
 RATE = 8_000
 FRAME = 160  # 20 ms at 8 kHz

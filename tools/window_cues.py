@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-from anger_stream import audio
-from anger_stream.detector import window_bounds
+from anger_stream import audio, metrics
+from anger_stream.detector import windows
 from anger_stream.model import AngerModel
 from tools.data import ACTIVE_DB, FRAME, WINDOW, decode, fill_zeros
 from tools.manifest import load_manifest
@@ -40,7 +39,7 @@ def speech_share(segment: np.ndarray) -> float:
 
 def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
     """AUROC, or None when a class is missing."""
-    return float(roc_auc_score(y, score)) if len(set(y.tolist())) == 2 else None
+    return metrics.auroc(y, score) if len(set(y.tolist())) == 2 else None
 
 
 def corpus_cues(manifest: Path, split: str | None, models: list[Path]) -> dict:
@@ -49,8 +48,8 @@ def corpus_cues(manifest: Path, split: str | None, models: list[Path]) -> dict:
     rng = np.random.default_rng(0)
     for clip in load_manifest(manifest, split):
         x = decode(clip.path)
-        for a, b in window_bounds(len(x)):
-            seg = x[a:b]
+        for window in windows(x):
+            seg = window.audio
             if audio.dbfs(seg) < audio.MIN_DBFS:
                 continue
             y.append(clip.anger)

@@ -1,6 +1,6 @@
 """Channel robustness: the test speakers of every corpus through every channel of the suite (`tools.channels`).
 
-    python -m tools.robustness --model models/anger_fcn.onnx --manifest ../shared/data/ravdess/manifest.csv \
+    python -m tools.evaluate.robustness --model models/anger_fcn.onnx --manifest ../shared/data/ravdess/manifest.csv \
         --manifest ../shared/data/ased/manifest.csv --manifest ../shared/data/nemo/manifest.csv \
         --manifest ../shared/data/emodb/manifest.csv --json models/eval/robustness.json \
         [--markdown models/eval/robustness.md] [--figure models/figures/robustness.png] [--model other.onnx]
@@ -11,7 +11,7 @@ speech (never the clip's own speaker). The perturbed clips are cut, gated and pr
 (`tools.evaluate`), scored by each model, and summarised per corpus and channel: window AUROC with a DeLong
 95 % CI, its change from the clean channel, utterance AUROC, median p of angry and other windows, and the
 false- and true-positive rates at the thresholds in each model's metadata. The eGeMAPS baseline
-(`tools.egemaps`: functionals + logistic regression, trained on the clean windows of the manifests' train
+(`tools.evaluate.egemaps`: functionals + logistic regression, trained on the clean windows of the manifests' train
 splits) is scored on the same windows, on level-normalised windows (the main comparison: the network never
 sees level) and on raw windows, with DeLong's test of each model against it.
 
@@ -40,17 +40,10 @@ from sklearn.pipeline import Pipeline
 
 from anger_stream import audio, metrics
 from anger_stream.model import AngerModel, ModelError
-from tools import channels, egemaps
-from tools.evaluate import (
-    WindowSet,
-    iter_segments,
-    join,
-    load_audio,
-    load_clips,
-    score_segments,
-    summarise,
-    write_json,
-)
+from tools import channels
+from tools.evaluate import egemaps
+from tools.evaluate.auroc import summarise, write_json
+from tools.evaluate.scoring import WindowSet, iter_segments, join, load_audio, load_clips, score_segments
 from tools.manifest import Clip
 
 BASELINES = {"normalised": False, "raw": True}
@@ -482,7 +475,7 @@ def figure(result: dict, path: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tools.robustness", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.evaluate.robustness", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, action="append", required=True, help="ONNX model (repeatable)")
     parser.add_argument("--manifest", type=Path, action="append", required=True, help="corpus manifest.csv")
     parser.add_argument("--json", type=Path, required=True, help="write the results here")
@@ -512,7 +505,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     variants = [v for v in BASELINES if v in (args.egemaps or BASELINES)]
     try:
         result = {
-            "command": shlex.join(["python", "-m", "tools.robustness", *(sys.argv[1:] if argv is None else argv)]),
+            "command": shlex.join(
+                ["python", "-m", "tools.evaluate.robustness", *(sys.argv[1:] if argv is None else argv)]
+            ),
             "models": [str(m) for m in args.model],
             "manifests": [str(m) for m in args.manifest],
             "split": "test",

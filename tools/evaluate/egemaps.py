@@ -1,11 +1,11 @@
 """The baseline users would pick instead: eGeMAPS functionals per window + logistic regression.
 
-    python -m tools.egemaps --manifest ../shared/data/ravdess/manifest.csv \
+    python -m tools.evaluate.egemaps --manifest ../shared/data/ravdess/manifest.csv \
         --manifest ../shared/data/ased/manifest.csv --manifest ../shared/data/emodb/manifest.csv \
         --json models/eval/egemaps.json [--telephone] [--model models/anger_fcn.onnx ...] [--plot roc.png]
 
 openSMILE eGeMAPSv02 functionals (88 features) on each raw window that the network would score (same
-windows, same silence gate: `tools.evaluate.clip_segments`; with --normalise each window is first scaled to
+windows, same silence gate: `tools.evaluate.scoring.clip_segments`; with --normalise each window is first scaled to
 -20 dBFS RMS like the network's input, which removes the absolute-level cue), then StandardScaler +
 LogisticRegression trained on every window of the manifests' train split (RAVDESS actors 01-16, ASED
 train speakers) at 16 kHz, and evaluated on their test split, per corpus. --telephone passes the test audio
@@ -31,16 +31,8 @@ from sklearn.preprocessing import StandardScaler
 
 from anger_stream import audio
 from anger_stream.model import AngerModel, ModelError
-from tools.evaluate import (
-    WindowSet,
-    iter_windows,
-    join,
-    load_clips,
-    plot_roc,
-    report,
-    score_models,
-    write_json,
-)
+from tools.evaluate.auroc import plot_roc, report, write_json
+from tools.evaluate.scoring import WindowSet, iter_windows, join, load_clips, score_models
 from tools.manifest import Clip
 
 
@@ -114,7 +106,7 @@ def has_split(manifest: Path, split: str) -> bool:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tools.egemaps", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.evaluate.egemaps", description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, action="append", required=True, help="corpus manifest.csv")
     parser.add_argument("--json", type=Path, required=True, help="write the results here")
     parser.add_argument("--cache", type=Path, default=Path("runs/egemaps-cache"), help="feature cache folder")
@@ -141,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         test_windows, test_x = merge(test)
         baseline = fit(train_x, train_windows.labels).predict_proba(test_x)[:, 1]
         result = {
-            "command": shlex.join(["python", "-m", "tools.egemaps", *(sys.argv[1:] if argv is None else argv)]),
+            "command": shlex.join(
+                ["python", "-m", "tools.evaluate.egemaps", *(sys.argv[1:] if argv is None else argv)]
+            ),
             "features": "openSMILE eGeMAPSv02 functionals (88) of "
             + ("windows scaled to -20 dBFS RMS" if args.normalise else "raw window audio"),
             "classifier": "StandardScaler + LogisticRegression(C=1)",

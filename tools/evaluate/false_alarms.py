@@ -1,7 +1,7 @@
 """False alarms per minute of calm speech at each threshold, with patience 1 and 2, on the test speakers'
 non-angry recordings, as recorded and through a simulated 8 kHz mu-law telephone channel.
 
-    python -m tools.false_alarms --model models/anger_fcn.onnx --json docs/false-alarms.json \
+    python -m tools.evaluate.false_alarms --model models/anger_fcn.onnx --json docs/false-alarms.json \
         --manifest ../shared/data/ravdess/manifest.csv --manifest ../shared/data/ased/manifest.csv \
         --manifest ../shared/data/nemo/manifest.csv --manifest ../shared/data/emodb/manifest.csv
 
@@ -23,9 +23,9 @@ from pathlib import Path
 from anger_stream.calibrate import PATIENCES, Stream, calibrate
 from anger_stream.detector import AngerDetector, DetectorConfig
 from anger_stream.events import Window
-from tools.evaluate import load_audio
+from tools.channels import telephone
+from tools.evaluate.scoring import load_audio
 from tools.manifest import Clip, load_manifest
-from tools.telephone import telephone
 
 CHANNELS = ("16 kHz as recorded", "8 kHz mu-law telephone (simulated)")
 TARGET_FPR = 0.05
@@ -76,7 +76,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tools.false_alarms", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.evaluate.false_alarms", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fp32", help="ONNX model path, or fp32 / int8 (packaged)")
     parser.add_argument("--manifest", type=Path, action="append", required=True, help="corpus manifest.csv")
     parser.add_argument("--json", type=Path, required=True, help="write the results here")
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     clips = reference_clips(args.manifest)
     if not clips:
         raise SystemExit("error: no non-angry test-split clips in the manifests")
-    command = ["python", "-m", "tools.false_alarms", *(sys.argv[1:] if argv is None else argv)]
+    command = ["python", "-m", "tools.evaluate.false_alarms", *(sys.argv[1:] if argv is None else argv)]
     result = {
         "command": shlex.join(command),
         "model": args.model,

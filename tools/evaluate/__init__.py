@@ -1,0 +1,18 @@
+"""Evaluation: how well a model ranks angry windows of held-out speakers, on the windows the runtime scores.
+
+    python -m tools.evaluate --model M.onnx --manifest MANIFEST ... --json out.json [--telephone] [--compare M2]
+    python -m tools.evaluate.robustness --model M.onnx --manifest MANIFEST ... --json out.json
+    python -m tools.evaluate.egemaps --manifest MANIFEST ... --json out.json [--model M.onnx]
+    python -m tools.evaluate.false_alarms --model M.onnx --json docs/false-alarms.json --manifest MANIFEST ...
+
+`scoring` cuts, gates and scores a corpus's windows as the runtime does; `auroc` turns scores into window
+and utterance AUROC with DeLong CIs, thresholds and ROC plots (the `python -m tools.evaluate` command);
+`robustness` repeats that through the recording channels of `tools.channels`; `egemaps` is the
+openSMILE baseline; `false_alarms` counts false alarms per minute of calm speech. docs/evaluation.md has
+the details and the commands behind every file in models/eval.
+"""
+
+# the names tools.data and tools.quantize import from here
+from anger_stream.audio import WINDOW  # noqa: F401
+from tools.evaluate.auroc import main  # noqa: F401
+from tools.evaluate.scoring import clip_segments, gated_segments  # noqa: F401
