@@ -17,7 +17,7 @@ from tools.fcn import AngerProbability, build, drop_extra_outputs, logit
 from tools.manifest import Clip
 from tools.teacher import CLASSES as TEACHER_CLASSES
 from tools.teacher import Teacher
-from tools.train import main, platt, thresholds
+from tools.train import main, platt, teacher_projection, thresholds
 from tools.window_cues import speech_share
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -175,12 +175,40 @@ def test_calibration_is_a_monotone_map_of_p() -> None:
     assert scale > 0
 
 
-def test_teacher_gives_raised_voice_logits() -> None:
+def test_teacher_gives_raised_voice_logits_and_embedding() -> None:
     yamnet = SHARED / "pretrained" / "yamnet" / "yamnet.tflite"
     if not yamnet.is_file():
         pytest.skip(f"YAMNet not found under {SHARED} (set ANGER_SHARED)")
     pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert (the train extra)")
     x = audio.prepare_window(speech_like(np.random.default_rng(11), seconds=1.2, lead=0.0), WINDOW)
-    logits = Teacher(yamnet).logits(x)
+    logits = Teacher(yamnet).targets(x)
     assert logits.shape == (len(TEACHER_CLASSES),) and logits.dtype == np.float32 and np.isfinite(logits).all()
-    assert np.array_equal(logits, Teacher(yamnet).logits(x))
+    assert np.array_equal(logits, Teacher(yamnet).targets(x))
+    teacher = Teacher(yamnet, embedding=True)
+    both = teacher.targets(x)
+    assert both.shape == (teacher.size,) == (len(TEACHER_CLASSES) + 1024,) and np.isfinite(both).all()
+    assert np.allclose(both[: len(TEACHER_CLASSES)], logits, atol=1e-5)
+    assert both[len(TEACHER_CLASSES) :].std() > 0  # a real embedding, not zeros
+
+
+def test_teacher_projection_z_scores_logits_and_whitens_embedding_components() -> None:
+    yamnet = SHARED / "pretrained" / "yamnet" / "yamnet.tflite"
+    if not yamnet.is_file():
+        pytest.skip(f"YAMNet not found under {SHARED} (set ANGER_SHARED)")
+    pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert (the train extra)")
+    rng = np.random.default_rng(12)
+    tracks = [
+        Track(Clip(Path(f"a{i}"), "a", "01", i % 2, 3.0), x, crop_starts(x))
+        for i in range(6)
+        for x in [speech_like(rng, lead=0.0) * rng.uniform(0.2, 2.0)]
+    ]
+    batches = BalancedBatches(tracks, seed=0, augment=False, teacher=Teacher(yamnet, embedding=True))
+    mean, w = teacher_projection(batches, components=3, n=6)
+    assert mean.shape == (len(TEACHER_CLASSES) + 1024,) and w.shape == (len(TEACHER_CLASSES) + 1024, 9)
+    probe = BalancedBatches(tracks, seed=1000, teacher=batches.teacher)  # the projection's own probe
+    t = torch.cat([b[2] for b, _ in zip(probe, range(6), strict=False)])
+    z = (t - mean) @ w
+    assert torch.allclose(z.mean(dim=0), torch.zeros(9), atol=1e-3)
+    assert torch.allclose(z[:, len(TEACHER_CLASSES) :].std(dim=0), torch.ones(3), atol=1e-2)
+    cov = torch.cov(z[:, len(TEACHER_CLASSES) :].T)
+    assert torch.allclose(cov, torch.eye(3), atol=1e-2)  # decorrelated

@@ -172,7 +172,7 @@ def example(
 
 class BalancedBatches(torch.utils.data.IterableDataset):
     """Endless minibatches (x, label) of `half` non-angry + `half` angry examples; with a `teacher`,
-    (x, label, teacher logits of each example before its channel).
+    (x, label, teacher targets of each example before its channel).
 
     Each angry/non-angry pair comes from one corpus drawn uniformly, so corpus identity (recording
     conditions, language) says nothing about the label; clips are drawn uniformly within corpus and class.
@@ -222,7 +222,7 @@ class BalancedBatches(torch.utils.data.IterableDataset):
             if self.teacher is None:
                 yield x, y
             else:
-                yield x, y, torch.from_numpy(np.stack([self.teacher.logits(clean) for _, clean in pairs]))
+                yield x, y, torch.from_numpy(np.stack([self.teacher.targets(clean) for _, clean in pairs]))
 
 
 def babble_pool(tracks: list[Track], seed: int, clips: int = 300) -> np.ndarray:

@@ -84,11 +84,20 @@ def aurocs(s: EvalSet, p: np.ndarray) -> dict[str, float]:
     return out
 
 
-def teacher_norm(batches: BalancedBatches, n: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of the teacher's logits over `n` batches (a separate seed)."""
+def teacher_projection(batches: BalancedBatches, components: int, n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and projection W of the teacher's targets, from `n` batches of a separate seed: (t - mean) @ W
+    gives the logits z-scored and, with an embedding, its first `components` principal components whitened."""
     probe = BalancedBatches(batches.tracks, batches.seed + 1000, zero_noise=batches.zero_noise, teacher=batches.teacher)
-    t = torch.cat([b[2] for b, _ in zip(probe, range(n), strict=False)])
-    return t.mean(dim=0), t.std(dim=0).clamp_min(1e-3)
+    t = torch.cat([b[2] for b, _ in zip(probe, range(n), strict=False)]).double()
+    k = len(TEACHER_CLASSES)
+    mean = t.mean(dim=0)
+    w = torch.zeros(t.shape[1], k + components, dtype=torch.float64)
+    w[:k, :k] = torch.diag(1 / t[:, :k].std(dim=0).clamp_min(1e-3))
+    if components:
+        e = t[:, k:] - mean[k:]
+        _, s, v = torch.linalg.svd(e, full_matrices=False)
+        w[k:, k:] = v[:components].T / (s[:components, None].T / (len(e) - 1) ** 0.5).clamp_min(1e-6)
+    return mean.float(), w.float()
 
 
 def platt(y: np.ndarray, p: np.ndarray) -> list[float]:
@@ -127,6 +136,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--teacher", help="YAMNet tflite: its raised-voice logits become extra training targets")
     ap.add_argument("--teacher-weight", type=float, default=0.5, help="weight of the teacher loss")
     ap.add_argument(
+        "--teacher-embedding",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also learn the first K principal components of the teacher's embedding",
+    )
+    ap.add_argument(
         "--select",
         choices=("clean", "channels"),
         default="clean",
@@ -142,8 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    teacher = Teacher(args.teacher) if args.teacher else None
-    extra = len(TEACHER_CLASSES) if teacher else 0
+    teacher = Teacher(args.teacher, embedding=args.teacher_embedding > 0) if args.teacher else None
+    extra = len(TEACHER_CLASSES) + args.teacher_embedding if teacher else 0
     model = build(args.variant, args.pretrained, args.dropout, extra)
     val = eval_set(args.manifest, "val")
     val_channel = eval_set(args.manifest, "val", channel=True) if args.select == "channels" else None
@@ -154,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         channel_p=args.channels,
         teacher=teacher,
     )
-    norm = teacher_norm(batches) if teacher else None
+    projection = teacher_projection(batches, args.teacher_embedding) if teacher else None
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0
     )
@@ -170,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits[:, :2], y[:, None].expand(-1, logits.shape[-1]))
         if targets:
-            z = (targets[0] - norm[0]) / norm[1]
+            z = (targets[0] - projection[0]) @ projection[1]
             loss = loss + args.teacher_weight * torch.nn.functional.mse_loss(logits[:, 2:].mean(dim=-1), z)
         opt.zero_grad()
         loss.backward()
@@ -233,7 +249,12 @@ def main(argv: list[str] | None = None) -> dict:
         "min_active": args.min_active,
         "zero_noise": args.zero_noise,
         "channels": args.channels,
-        "teacher": teacher and {"classes": list(TEACHER_CLASSES.values()), "weight": args.teacher_weight},
+        "teacher": teacher
+        and {
+            "classes": list(TEACHER_CLASSES.values()),
+            "embedding_components": args.teacher_embedding,
+            "weight": args.teacher_weight,
+        },
         "select": args.select,
         "calibration": calibration,
         "best_step": best["step"],
