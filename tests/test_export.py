@@ -16,7 +16,7 @@ from anger_stream import audio
 from anger_stream.model import AngerModel
 from tools.data import WINDOW, decode, windows
 from tools.export import export
-from tools.fcn import FCN, VARIANTS, AngerProbability
+from tools.fcn import FCN, VARIANTS, AngerProbability, Voice, build, drop_extra_outputs
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 META = {"variant": "T3", "thresholds": json.dumps({"0.01": 0.9, "0.05": 0.7, "0.10": 0.5})}
@@ -74,3 +74,22 @@ def test_onnx_matches_torch_on_speech(exported: tuple[AngerProbability, Path]) -
     x = windows(decode(clip))
     assert x.shape[1] == WINDOW and len(x) > 1
     assert_same(exported[0], AngerModel(exported[1]), x)
+
+
+def test_raised_voice_term_is_exported_with_the_outputs_it_reads(tmp_path: Path) -> None:
+    """A teacher-trained network (extra outputs) with a raised-voice term and calibration: the ONNX graph keeps
+    only the outputs the term reads and equals torch; the term changes the scores."""
+    torch.manual_seed(1)
+    model = build("S", extra=6 + 4).eval()
+    voice = Voice((4, 5, 6), 0.4)
+    calibration = [0.8, -0.3]
+    reference = AngerProbability(copy.deepcopy(model), calibration, voice).eval()
+    slim = drop_extra_outputs(model, keep=max(voice.channels) - 1)
+    assert slim.convs[-1].out_channels == 2 + 5
+    path = tmp_path / "voice.onnx"
+    export(slim, path, META, calibration, voice)
+    x = audio.prepare_window(np.random.default_rng(3).normal(size=(4, 19_200)), 19_200)
+    assert_same(reference, AngerModel(path), x)
+    without = AngerProbability(copy.deepcopy(model), calibration).eval()
+    with torch.no_grad():
+        assert not torch.allclose(without(torch.from_numpy(x)), reference(torch.from_numpy(x)))

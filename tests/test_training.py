@@ -212,3 +212,47 @@ def test_teacher_projection_z_scores_logits_and_whitens_embedding_components() -
     assert torch.allclose(z[:, len(TEACHER_CLASSES) :].std(dim=0), torch.ones(3), atol=1e-2)
     cov = torch.cov(z[:, len(TEACHER_CLASSES) :].T)
     assert torch.allclose(cov, torch.eye(3), atol=1e-2)  # decorrelated
+
+
+@pytest.mark.shared
+def test_teacher_run_gets_a_raised_voice_term_that_exports(tmp_path: Path) -> None:
+    """A tiny teacher run, its raised-voice weight chosen by tools.voice, exported: the ONNX model carries the
+    term and equals the checkpoint's torch network."""
+    from anger_stream.model import AngerModel
+    from tools import export, voice
+
+    ravdess, yamnet = SHARED / "data" / "ravdess", SHARED / "pretrained" / "yamnet" / "yamnet.tflite"
+    if not (ravdess / "manifest.csv").is_file() or not yamnet.is_file():
+        pytest.skip(f"RAVDESS or YAMNet not found under {SHARED} (set ANGER_SHARED)")
+    pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert (the train extra)")
+    with (ravdess / "manifest.csv").open(newline="") as f:
+        rows = [
+            r for r in csv.DictReader(f) if r["speaker"] in ("01", "17", "21") and r["emotion"] in ("angry", "calm")
+        ]
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "path": str(ravdess / r["path"])} for r in rows[::4])
+    run = tmp_path / "run"
+    main(
+        ["--manifest", str(manifest), "--variant", "S", "--steps", "2", "--eval-every", "2", "--workers", "0"]
+        + ["--teacher", str(yamnet), "--teacher-embedding", "2", "--out", str(run)]
+    )
+    metrics = voice.main(
+        ["--checkpoint", str(run / "best.pt"), "--manifest", str(manifest), "--dev", str(manifest)]
+        + ["--out", str(run / "voice.pt")]
+    )
+    assert [r["weight"] for r in metrics["voice"]["sweep"]] == list(voice.WEIGHTS)
+    best = max(metrics["voice"]["sweep"], key=lambda r: r["objective"])
+    assert metrics["voice"]["weight"] == best["weight"] and len(metrics["calibration"]) == 2
+    net, _, term = export.load_checkpoint(run / "voice.pt")
+    assert term is not None and term.weight == best["weight"] and net.convs[-1].out_channels == 2 + len(TEACHER_CLASSES)
+    onnx_path = tmp_path / "voice.onnx"
+    export.main(["--checkpoint", str(run / "voice.pt"), "--out", str(onnx_path)])
+    model = AngerModel(onnx_path)
+    assert model.meta_json("voice")["weight"] == best["weight"]
+    x = audio.prepare_window(np.random.default_rng(8).normal(size=(3, WINDOW)), WINDOW)
+    with torch.no_grad():
+        expected = AngerProbability(net, metrics["calibration"], term)(torch.from_numpy(x)).numpy()
+    assert np.abs(model.predict(x) - expected).max() <= 1e-5

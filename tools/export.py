@@ -20,18 +20,22 @@ import torch
 from torch import nn
 
 from anger_stream import audio
-from tools.fcn import FCN, VARIANTS, AngerProbability, drop_extra_outputs, with_outputs
+from tools.fcn import FCN, VARIANTS, AngerProbability, Voice, drop_extra_outputs, with_outputs
 
 VERSION = "0.1.0"
 OPSET = 18
 
 
-def load_checkpoint(path: str | Path) -> tuple[FCN, dict]:
-    """The network of a tools.train checkpoint (eval mode) and the checkpoint's metrics."""
+def load_checkpoint(path: str | Path, keep: int | None = None) -> tuple[FCN, dict, Voice | None]:
+    """The network of a tools.train (or tools.voice) checkpoint in eval mode, its metrics and its raised-voice
+    term; the network keeps the extra outputs the term reads (or the first `keep`), and drops the rest."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     model = FCN(with_outputs(VARIANTS[ckpt["variant"]].blocks, 2 + ckpt.get("extra", 0)), dropout=ckpt["dropout"])
     model.load_state_dict(ckpt["state_dict"])
-    return drop_extra_outputs(model).eval(), ckpt["metrics"]
+    voice = ckpt.get("voice") and Voice(tuple(ckpt["voice"]["channels"]), ckpt["voice"]["weight"])
+    if keep is None:
+        keep = max(voice.channels) - 1 if voice else 0
+    return drop_extra_outputs(model, keep).eval(), ckpt["metrics"], voice or None
 
 
 def calibration(metrics: dict) -> list[float] | None:
@@ -52,9 +56,15 @@ def fold_batchnorm(model: FCN) -> FCN:
     return model
 
 
-def export(model: FCN, out: str | Path, metadata: dict[str, str], calibration: list[float] | None = None) -> None:
+def export(
+    model: FCN,
+    out: str | Path,
+    metadata: dict[str, str],
+    calibration: list[float] | None = None,
+    voice: Voice | None = None,
+) -> None:
     """Write the ONNX file with dynamic batch and time axes, check it, and attach metadata."""
-    wrapper = AngerProbability(fold_batchnorm(model.eval()), calibration).eval()
+    wrapper = AngerProbability(fold_batchnorm(model.eval()), calibration, voice).eval()
     example = torch.zeros(2, round(audio.WINDOW_S * audio.SAMPLE_RATE))
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated (but still the cleaner one here)
@@ -90,6 +100,7 @@ def metadata(metrics: dict) -> dict[str, str]:
         "version": VERSION,
         "thresholds": json.dumps(metrics["thresholds"]),
         "calibration": json.dumps(metrics.get("calibration")),
+        "voice": json.dumps(metrics.get("voice") and {k: metrics["voice"][k] for k in ("outputs", "weight")}),
     }
 
 
@@ -98,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    model, metrics = load_checkpoint(args.checkpoint)
-    export(model, args.out, metadata(metrics), calibration(metrics))
+    model, metrics, voice = load_checkpoint(args.checkpoint)
+    export(model, args.out, metadata(metrics), calibration(metrics), voice)
 
 
 if __name__ == "__main__":

@@ -117,24 +117,36 @@ def logit(p: torch.Tensor) -> torch.Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
-class AngerProbability(nn.Module):
-    """p(anger) per input: softmax over the 2 classes, averaged over output time steps; with a
-    calibration [scale, bias] (Platt scaling), sigmoid(scale * logit(p) + bias)."""
+@dataclass(frozen=True)
+class Voice:
+    """A raised-voice term in the anger score: `weight` times the mean over steps of the mean of the
+    network's `channels` (its learnt copies of a teacher's z-scored raised-voice logits)."""
 
-    def __init__(self, fcn: FCN, calibration: list[float] | None = None) -> None:
+    channels: tuple[int, ...]
+    weight: float
+
+
+class AngerProbability(nn.Module):
+    """p(anger) per input: softmax over the 2 classes, averaged over output time steps. With a `voice`
+    term, the score is logit(p) + the voice term; with a calibration [scale, bias] (Platt scaling), the
+    output is sigmoid(scale * score + bias), where score is logit(p) without a voice term."""
+
+    def __init__(self, fcn: FCN, calibration: list[float] | None = None, voice: Voice | None = None) -> None:
         super().__init__()
         self.fcn = fcn
         self.calibration = calibration
+        self.voice = voice
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        logits = self.fcn(audio)
-        if self.fcn.convs[-1].out_channels > 2:  # extra training-time outputs
-            logits = logits[:, :2]
-        p = torch.softmax(logits, dim=1)[:, 1].mean(dim=-1)
-        if self.calibration is None:
+        outputs = self.fcn(audio)
+        p = torch.softmax(outputs[:, :2], dim=1)[:, 1].mean(dim=-1)
+        if self.calibration is None and self.voice is None:
             return p
-        scale, bias = self.calibration
-        return torch.sigmoid(scale * logit(p) + bias)
+        score = logit(p)
+        if self.voice is not None:
+            score = score + self.voice.weight * outputs[:, list(self.voice.channels)].mean(dim=(1, 2))
+        scale, bias = self.calibration or (1.0, 0.0)
+        return torch.sigmoid(scale * score + bias)
 
 
 def load_soundnet(model: FCN, path: str | Path, layers: int) -> None:
@@ -167,13 +179,14 @@ def build(variant: str, pretrained: str | Path | None = None, dropout: float = 0
     return model
 
 
-def drop_extra_outputs(model: FCN) -> FCN:
-    """A copy of the network with only the 2 class outputs (what is exported)."""
+def drop_extra_outputs(model: FCN, keep: int = 0) -> FCN:
+    """A copy of the network with only the 2 class outputs and the first `keep` extra ones (what is exported)."""
     head = model.convs[-1]
-    if head.out_channels == 2:
+    if head.out_channels == 2 + keep:
         return model
-    slim = FCN(with_outputs(model.blocks, 2), dropout=model.dropout.p, frozen=model.frozen)
-    state = {k: v[:2] if k.startswith(f"convs.{len(model.blocks) - 1}.") else v for k, v in model.state_dict().items()}
+    slim = FCN(with_outputs(model.blocks, 2 + keep), dropout=model.dropout.p, frozen=model.frozen)
+    last = f"convs.{len(model.blocks) - 1}."
+    state = {k: v[: 2 + keep] if k.startswith(last) else v for k, v in model.state_dict().items()}
     slim.load_state_dict(state)
     return slim.train(model.training)
 

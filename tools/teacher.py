@@ -18,6 +18,8 @@ import numpy as np
 
 CLASSES = {0: "Speech", 6: "Shout", 7: "Bellow", 8: "Whoop", 9: "Yell", 11: "Screaming"}
 """YAMNet class index -> name of the targets (the raised-voice classes and speech)."""
+RAISED = ("Shout", "Bellow", "Whoop", "Yell", "Screaming")
+"""The raised-voice classes among CLASSES."""
 PATCH = 15_600
 PATCH_OFFSETS = (0, 1_800, 3_600)
 SCALE = 256.0

@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from tools import channels
 from tools.data import MIN_ACTIVE, BalancedBatches, decode, load_tracks, windows
-from tools.fcn import FCN, AngerProbability, build, logit
+from tools.fcn import FCN, AngerProbability, Voice, build, logit
 from tools.manifest import load_manifest
 from tools.teacher import CLASSES as TEACHER_CLASSES
 from tools.teacher import Teacher
@@ -66,11 +66,17 @@ def eval_set(manifests: list[str], split: str | None, channel: bool = False) -> 
 
 
 @torch.no_grad()
-def predict(model: FCN, x: np.ndarray, calibration: list[float] | None = None, batch: int = 256) -> np.ndarray:
-    """p(anger) of prepared windows, eval mode (calibrated when given [scale, bias])."""
+def predict(
+    model: FCN,
+    x: np.ndarray,
+    calibration: list[float] | None = None,
+    voice: Voice | None = None,
+    batch: int = 256,
+) -> np.ndarray:
+    """p(anger) of prepared windows, eval mode (with a raised-voice term and calibrated when given)."""
     was_training = model.training
     model.eval()
-    prob = AngerProbability(model, calibration)
+    prob = AngerProbability(model, calibration, voice)
     p = np.concatenate([prob(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])
     model.train(was_training)
     return p
