@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .audio import mixdown
-from .detector import AngerDetector, Stream
+from .detector import AngerDetector
 from .events import Event
 
 MODES = ("mix", "split")
@@ -73,9 +73,9 @@ class SplitDetector:
         self.detectors = [AngerDetector(detector.model, config=detector.config) for _ in range(n_channels)]
 
     @property
-    def stream(self) -> Stream:
-        """The first channel's stream (every channel has received the same number of samples)."""
-        return self.detectors[0].stream
+    def t(self) -> float:
+        """Stream time in seconds (every channel has received the same number of samples)."""
+        return self.detectors[0].t
 
     def feed(self, samples: np.ndarray, sample_rate: int | None = None) -> list[OnChannel]:
         x = np.asarray(samples).reshape(len(samples), -1)

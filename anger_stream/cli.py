@@ -102,10 +102,10 @@ def run_stream(
             publish_counted(detector.feed(chunk, rate))
             if overflows() != seen_overflows:
                 seen_overflows = overflows()
-                publish([Status("overflow", detector.stream.t, {"overflows": seen_overflows})])
+                publish([Status("overflow", detector.t, {"overflows": seen_overflows})])
     except (KeyboardInterrupt, Stop):
         state = "interrupted"
-    t_end = detector.stream.t
+    t_end = detector.t
     publish_counted(detector.flush())
     publish([Status(state, t_end, counts.to_dict())])
 

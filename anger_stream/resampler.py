@@ -1,82 +1,85 @@
-"""A streaming twin of scipy.signal.resample_poly: chunks in, the same samples out.
+"""A streaming twin of scipy.signal.resample_poly for many streams at one rate: chunks in, the same samples out.
 
 resample_poly filters the zero-stuffed input with a Kaiser-windowed FIR (scipy's own design) and keeps every
 `down`-th sample. Output sample i depends only on a finite stretch of input, so it can be produced as soon
-as that stretch has arrived; `flush()` supplies the zeros that resample_poly assumes past the end. The
-concatenated output equals resample_poly of the whole signal up to float rounding.
+as that stretch has arrived; at the end of a stream the zeros that resample_poly assumes past the end are
+supplied. Streams at the same rate keep their input in rows of one `Rows` buffer and are filtered together,
+one 2-D `upfirdn` per block of rows; each stream's concatenated output equals resample_poly of its whole
+signal up to float rounding, whatever its chunks.
 """
 
 from __future__ import annotations
 
-from math import ceil, gcd
+from functools import cache
+from math import gcd
 
 import numpy as np
 
+from . import audio
+from .buffers import Rows
 
-class StreamingResampler:
-    """Resample a stream from rate_in to rate_out, chunk by chunk."""
+BLOCK_ROWS = 32
+"""Streams filtered per upfirdn call (sorted by how much input each has, so that little of a block is padding)."""
+
+
+@cache
+def _design(up: int, down: int) -> tuple[np.ndarray, int]:
+    """resample_poly's filter for up/down, front-padded to a multiple of down, and the leading outputs it drops."""
+    from scipy.signal import firwin  # imported when needed: it costs a noticeable part of start-up
+
+    max_rate = max(up, down)
+    half_len = 10 * max_rate
+    h = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * up
+    pre_pad = down - half_len % down
+    return np.concatenate([np.zeros(pre_pad), h]), (half_len + pre_pad) // down
+
+
+class Resampler:
+    """Resample many streams from rate_in to rate_out; the caller keeps each stream's input in a row of `rows`
+    and its count of outputs produced."""
 
     def __init__(self, rate_in: int, rate_out: int) -> None:
-        from scipy.signal import firwin  # imported when needed: it costs a noticeable part of start-up
-
         g = gcd(int(rate_in), int(rate_out))
         self.up, self.down = int(rate_out) // g, int(rate_in) // g
-        max_rate = max(self.up, self.down)
-        half_len = 10 * max_rate
-        h = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
-        pre_pad = self.down - half_len % self.down
-        self._h = np.concatenate([np.zeros(pre_pad), h])
-        self._skip = (half_len + pre_pad) // self.down  # leading outputs resample_poly drops
-        self._history = np.zeros(0)  # inputs from absolute index self._base on
-        self._base = 0
-        self._n_in = 0
-        self._next = 0  # next output index to produce
+        self._h, self._skip = _design(self.up, self.down)
 
-    def _last_input(self, i: int) -> int:
+    def last_input(self, i: np.ndarray | int) -> np.ndarray | int:
         """Highest input index that output i depends on."""
         return (i + self._skip) * self.down // self.up
 
-    def _first_input(self, i: int) -> int:
+    def first_input(self, i: np.ndarray | int) -> np.ndarray | int:
         """Lowest input index output i may depend on, rounded down to a multiple of `down`."""
-        lo = max(((i + self._skip) * self.down - len(self._h)) // self.up + 1, 0)
+        lo = np.maximum(((i + self._skip) * self.down - len(self._h)) // self.up + 1, 0)
         return lo - lo % self.down
 
     def inputs_for(self, n_out: int) -> int:
-        """How many input samples `process` needs before it has returned the first n_out outputs."""
-        return self._last_input(n_out - 1) + 1 if n_out > 0 else 0
+        """How many input samples are needed before the first n_out outputs can be produced."""
+        return int(self.last_input(n_out - 1)) + 1 if n_out > 0 else 0
 
-    def _produce(self, stop: int) -> np.ndarray:
-        """Outputs self._next .. stop-1 from the history (zeros past the end of the input)."""
-        if stop <= self._next:
-            return np.zeros(0, dtype=np.float32)
-        lo, hi = self._first_input(self._next), self._last_input(stop - 1) + 1
-        x = self._history[lo - self._base : hi - self._base]
-        x = np.pad(x, (0, hi - lo - len(x)))
+    def ready(self, n_in: np.ndarray, ended: np.ndarray) -> np.ndarray:
+        """Outputs fully determined by n_in inputs; at the end of a stream, all of them."""
+        determined = (n_in * self.up - 1) // self.down - self._skip + 1
+        return np.maximum(np.where(ended, -(-n_in * self.up // self.down), determined), 0)
+
+    def produce(self, rows: Rows, which: np.ndarray, done: np.ndarray, stop: np.ndarray) -> list[np.ndarray]:
+        """For each row in `which`, outputs done .. stop-1 (float32), from the input it holds (zeros past its
+        end; cleaned by `audio.sane` where it needs). Every output must be new (stop > done)."""
+        lo = self.first_input(done)
+        hi = self.last_input(stop - 1) + 1
+        have = np.minimum(hi, rows.end[which])
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(which)
+        order = np.argsort(hi - lo, kind="stable")
         from scipy.signal import upfirdn
 
-        full = upfirdn(self._h, x, self.up, self.down)
-        offset = self._next + self._skip - lo * self.up // self.down
-        y = full[offset : offset + stop - self._next]
-        self._next = stop
-        keep = self._first_input(self._next)
-        self._history = self._history[keep - self._base :]
-        self._base = keep
-        return y.astype(np.float32)
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        """Feed a chunk; return every output sample that is now fully determined."""
-        if self.up == self.down:
-            return np.asarray(x, dtype=np.float32)
-        self._history = np.concatenate([self._history, np.asarray(x, dtype=np.float64)])
-        self._n_in += len(x)
-        # outputs whose last input has arrived, searched forward from a safe estimate
-        stop = max(self._next, (self._n_in - 1) * self.up // self.down - self._skip - 1)
-        while self._last_input(stop) < self._n_in:
-            stop += 1
-        return self._produce(stop)
-
-    def flush(self) -> np.ndarray:
-        """The remaining outputs, as resample_poly computes them at the end of the signal."""
-        if self.up == self.down:
-            return np.zeros(0, dtype=np.float32)
-        return self._produce(ceil(self._n_in * self.up / self.down))
+        for b in range(0, len(order), BLOCK_ROWS):
+            part = order[b : b + BLOCK_ROWS]
+            block = np.zeros((len(part), int((hi - lo)[part].max())), dtype=np.float32)
+            for j, k in enumerate(part.tolist()):
+                block[j, : have[k] - lo[k]] = rows.read(int(which[k]), int(lo[k]), int(have[k]))
+            if not np.isfinite(block).all():
+                block = audio.sane(block)
+            y = upfirdn(self._h, block, self.up, self.down, axis=1)
+            for j, k in enumerate(part.tolist()):
+                offset = int(done[k] + self._skip - lo[k] * self.up // self.down)
+                out[k] = y[j, offset : offset + int(stop[k] - done[k])].astype(np.float32)
+        return out

@@ -1,18 +1,33 @@
-"""Many independent streams (calls, microphones) sharing one model: every tick scores the windows due across
-all of them, in small batches on worker threads."""
+"""The detector core for any number of independent streams (calls, microphones, channels) sharing one model.
+
+All streams' recent 16 kHz audio lives in one 2-D array (`buffers.Rows`, a row per stream); streams at
+another rate keep their input in a 2-D array per rate and are resampled together. A tick finds every
+stream's due windows with array arithmetic, cuts them with one gather per model batch, measures (the silence
+gate) and normalises them in one pass, scores them in small batches on worker threads, and steps every
+stream's event state at once (`tracker.Trackers`). Python objects are built only for what leaves the core:
+the windows and the anger events that changed.
+
+Each stream has its own resampler state, window position, silence gate and event state, so one stream's input
+never affects another's results: a stream's events are the same whatever else is in the set, and whatever
+its chunks (`AngerDetector` is a set of one stream).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from . import audio, codec
-from .detector import DetectorConfig, Segment, Stream, score_windows
-from .events import Event
+from .buffers import Rows
+from .config import DetectorConfig, check_rate
+from .events import Event, Window
 from .model import AngerModel
+from .resampler import Resampler
+from .tracker import Trackers
 
 
 @dataclass(frozen=True)
@@ -35,17 +50,63 @@ class Scored:
     due_at: dict[Hashable, int]
 
 
+PREPARE = 16
+"""Windows cut, measured and normalised together before their model calls (fewer numpy calls per window)."""
+
+
+def _grown(a: np.ndarray, n: int) -> np.ndarray:
+    """`a` extended with zeros to length n (unchanged if long enough)."""
+    return a if len(a) >= n else np.concatenate([a, np.zeros(n - len(a), dtype=a.dtype)])
+
+
+class _Lane:
+    """The streams at one input rate other than 16 kHz: their input in rows, resampled together each tick."""
+
+    def __init__(self, rate: int) -> None:
+        self.resampler = Resampler(rate, audio.SAMPLE_RATE)
+        self.rows = Rows(rate)  # about a second of input per stream before the rows are widened
+        self.done = np.zeros(0, dtype=np.int64)  # outputs produced, per row
+        self.slot = np.zeros(0, dtype=np.int64)  # the StreamSet slot of each row
+        self.ended = np.zeros(0, dtype=bool)
+        self.used = np.zeros(0, dtype=bool)
+
+    def open(self, slot: int) -> int:
+        row = self.rows.open()
+        n = len(self.rows)
+        self.done, self.slot, self.ended, self.used = (
+            _grown(a, n) for a in (self.done, self.slot, self.ended, self.used)
+        )
+        self.done[row], self.slot[row], self.ended[row], self.used[row] = 0, slot, False, True
+        return row
+
+    def close(self, row: int) -> None:
+        self.used[row] = False
+        self.rows.close(row)
+
+    def push(self, row: int, x: np.ndarray) -> None:
+        self.rows.write(row, x, int(self.resampler.first_input(int(self.done[row]))))
+
+    def due(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows with outputs now determined (all of them once ended), and how many outputs each then has."""
+        n = len(self.done)
+        stop = self.resampler.ready(self.rows.end[:n], self.ended)
+        which = np.flatnonzero(self.used & (stop > self.done))
+        return which, stop[which]
+
+    def produce(self, which: np.ndarray, stop: np.ndarray) -> list[np.ndarray]:
+        """The new 16 kHz samples of these rows, up to `stop` (safe on several threads for disjoint rows)."""
+        return self.resampler.produce(self.rows, which, self.done[which], stop)
+
+
 class StreamSet:
     """Holds streams by id; `push` buffers audio, `tick` scores the windows due across all streams.
 
-    Each stream has its own resampler, window buffer, silence gate and event state, so one stream's input
-    never affects another's results, which equal those of a single `AngerDetector` on the same audio.
-
     Windows are scored in small batches (`max_batch`: larger ones push the activations out of the CPU caches)
-    by `workers` threads at once. Give it a one-thread model: onnxruntime releases the GIL, so two
-    one-thread calls use two cores, which two intra-op threads on a small batch do not (docs/benchmarks.md).
-    `max_windows`: at most this many windows of one stream per tick (the rest stay due for the next ticks),
-    so a stream that sent a lot at once cannot make a tick long for the others.
+    on `workers` threads at once (the calling thread is one of them). Give it a one-thread model:
+    onnxruntime and numpy release the GIL, so two one-thread calls use two cores, which two intra-op threads
+    on a small batch do not (docs/benchmarks.md). `max_windows`: at most this many windows of one stream per
+    tick (the rest stay due for the next ticks), so a stream that sent a lot at once cannot make a tick long
+    for the others.
     """
 
     def __init__(
@@ -57,83 +118,221 @@ class StreamSet:
         max_windows: int | None = None,
     ) -> None:
         self.model = model
-        self.config = config or DetectorConfig()
+        self.config = c = config or DetectorConfig()
         self.max_batch = max_batch
         self.workers = workers
         self.max_windows = max_windows
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="anger-score") if workers > 1 else None
-        self.streams: dict[Hashable, Stream] = {}
+        self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="anger-score") if workers > 1 else None
+        self._ring = Rows(c.window + 2 * c.hop)  # 16 kHz audio, a row (slot) per stream
+        self._next = np.zeros(0, dtype=np.int64)  # absolute start of each slot's next window
+        self._ended = np.zeros(0, dtype=bool)
+        self._used = np.zeros(0, dtype=bool)
+        self._slots: dict[Hashable, int] = {}
+        self._ids: list[Hashable] = []
+        self._lane_of: list[tuple[_Lane, int] | None] = []
+        self._lanes: dict[int, _Lane] = {}
+        self._trackers = Trackers(c)
 
     def add(self, stream_id: Hashable, sample_rate: int = audio.SAMPLE_RATE) -> None:
-        if stream_id in self.streams:
+        """A new stream whose samples come at `sample_rate`; KeyError if the id is in use."""
+        if stream_id in self._slots:
             raise KeyError(f"stream {stream_id!r} exists already")
-        self.streams[stream_id] = Stream(self.config, sample_rate)
+        sample_rate = check_rate(sample_rate)
+        slot = self._ring.open()
+        n = len(self._ring)
+        self._next, self._ended, self._used = (_grown(a, n) for a in (self._next, self._ended, self._used))
+        self._trackers.grow(n)
+        self._ids += [None] * (n - len(self._ids))
+        self._lane_of += [None] * (n - len(self._lane_of))
+        self._next[slot], self._ended[slot], self._used[slot] = 0, False, True
+        self._trackers.reset(slot)
+        self._slots[stream_id], self._ids[slot] = slot, stream_id
+        if sample_rate != audio.SAMPLE_RATE:
+            lane = self._lanes.get(sample_rate) or self._lanes.setdefault(sample_rate, _Lane(sample_rate))
+            self._lane_of[slot] = (lane, lane.open(slot))
 
     def push(self, stream_id: Hashable, samples: np.ndarray) -> None:
-        """Queue float samples in [-1, 1] (or integer PCM) for one stream."""
-        self.streams[stream_id].push(audio.to_float(samples))
+        """Queue float samples in [-1, 1] (or integer PCM) for one stream. Non-finite samples count as silence
+        (and samples beyond +-audio.SANE_PEAK are clipped to it): a window holding one is measured again
+        without it, a block of input to the resampler is cleaned before filtering."""
+        slot = self._slots[stream_id]
+        x = audio.to_float(samples).reshape(-1)
+        if self._ended[slot]:
+            raise ValueError(f"stream {stream_id!r} has ended")
+        lane = self._lane_of[slot]
+        if lane is None:
+            self._ring.write(slot, x, int(self._next[slot]))
+        else:
+            lane[0].push(lane[1], x)
 
     def end(self, stream_id: Hashable) -> None:
         """Mark a stream finished: its last windows and closing events come with the next ticks."""
-        self.streams[stream_id].finish()
+        slot = self._slots[stream_id]
+        self._ended[slot] = True
+        lane = self._lane_of[slot]
+        if lane is not None:
+            lane[0].ended[lane[1]] = True
 
     def __len__(self) -> int:
-        return len(self.streams)
+        return len(self._slots)
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._slots
+
+    def t(self, stream_id: Hashable) -> float:
+        """A stream's time in seconds: the 16 kHz samples it has given so far."""
+        return int(self._ring.end[self._slots[stream_id]]) / audio.SAMPLE_RATE
+
+    def due_at(self, stream_id: Hashable) -> int:
+        """Samples at the stream's own rate it must have received for its next unscored window (the
+        resampler's look-ahead included)."""
+        slot = self._slots[stream_id]
+        end = int(self._next[slot]) + self.config.window
+        lane = self._lane_of[slot]
+        return lane[0].resampler.inputs_for(end) if lane is not None else end
 
     def run(self, feeds: tuple[Feed, ...]) -> Scored:
         """Feed raw audio (streams are added when first fed), end streams, and tick."""
         for f in feeds:
-            if f.stream_id not in self.streams:
+            if f.stream_id not in self._slots:
                 self.add(f.stream_id, f.sample_rate)
             if f.data:
-                self.streams[f.stream_id].push(codec.decode(f.data, f.encoding))
+                self.push(f.stream_id, codec.decode(f.data, f.encoding))
             if f.ending:
                 self.end(f.stream_id)
         events = self.tick()
-        due_at = {f.stream_id: self.streams[f.stream_id].due_at() for f in feeds if f.stream_id in self.streams}
+        due_at = {f.stream_id: self.due_at(f.stream_id) for f in feeds if f.stream_id in self._slots}
         return Scored(events, due_at)
 
-    def _score(self, segments: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
-        """(p, dBFS) of consecutive segments, max_batch windows per model call."""
-        step = self.max_batch
-        return _join(
-            [score_windows(self.model, segments[i : i + step], self.config) for i in range(0, len(segments), step)]
-        )
-
     def tick(self) -> dict[Hashable, list[Event]]:
-        """Score the due windows of all streams in batches; ended streams are removed once fully scored."""
-        due = [(sid, s, s.take(self.max_windows)) for sid, s in self.streams.items() if s.pending or s.ended]
-        segments = [seg for _, _, segs in due for seg in segs]
-        size = max(-(-len(segments) // self.workers), 1)
-        shards = [segments[i : i + size] for i in range(0, len(segments), size)]
-        scored = self._pool.map(self._score, shards) if self._pool and len(shards) > 1 else map(self._score, shards)
-        probs, levels = _join(list(scored))
-        out: dict[Hashable, list[Event]] = {}
-        i = 0
-        for sid, stream, segs in due:
-            out[sid] = stream.events(segs, probs[i : i + len(segs)], levels[i : i + len(segs)])
-            i += len(segs)
-            if stream.ended and not stream.pending:
-                out[sid] += stream.close()
-                del self.streams[sid]
+        """Score the due windows of all streams; ended streams are removed once fully scored (with the
+        anger_end of a segment still open)."""
+        c, ring = self.config, self._ring
+        for lane in self._lanes.values():
+            self._resample(lane)
+        n = len(self._used)
+        end, nxt, used = ring.end[:n], self._next, self._used
+        ended = self._ended & used
+        avail = end - nxt
+        full = np.where(used & (avail >= c.window), (avail - c.window) // c.hop + 1, 0)
+        tail = np.where(avail >= c.min_audio, (avail - c.min_audio) // c.hop + 1, 0)
+        remaining = np.where(ended, tail, full)
+        take = remaining if self.max_windows is None else np.minimum(remaining, self.max_windows)
+        slots = np.flatnonzero((take > 0) | ended)
+        k = take[slots]
+        w_slot = np.repeat(slots, k)
+        w_round = np.arange(len(w_slot)) - np.repeat(np.cumsum(k) - k, k)
+        w_start = nxt[w_slot] + w_round * c.hop
+        w_len = np.minimum(c.window, end[w_slot] - w_start)
+        probs, levels = self._score(w_slot, w_start - ring.base[w_slot], w_len)
+        nxt[slots] += k * c.hop
+        t_start, t_end = w_start / audio.SAMPLE_RATE, (w_start + w_len) / audio.SAMPLE_RATE
+        changed: dict[int, Event] = {}
+        for r in range(int(k.max()) if len(k) else 0):
+            sel = np.flatnonzero(w_round == r)
+            for i, e in self._trackers.step(w_slot[sel], probs[sel], t_start[sel], t_end[sel]):
+                changed[int(sel[i])] = e
+        ids, threshold = self._ids, c.threshold
+        out: dict[Hashable, list[Event]] = {ids[s]: [] for s in slots.tolist()}
+        columns = (w_slot.tolist(), t_start.tolist(), t_end.tolist(), probs.tolist(), levels.tolist())
+        for i, (s, ts, te, p, level) in enumerate(zip(*columns, strict=True)):
+            events = out[ids[s]]
+            events.append(Window(ts, te, None if p != p else p, p >= threshold, level))  # p != p: NaN, silent
+            if i in changed:
+                events.append(changed[i])
+        for s in slots[ended[slots] & (take[slots] == remaining[slots])].tolist():
+            if self._trackers.active[s]:
+                out[ids[s]].append(self._trackers.close(s, int(end[s]) / audio.SAMPLE_RATE))
+            self._remove(s)
         return out
+
+    def _resample(self, lane: _Lane) -> None:
+        """A lane's new 16 kHz samples, resampled on the worker threads, into the ring."""
+        which, stop = lane.due()
+        outs: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(which)
+
+        def resample(lo: int, hi: int) -> None:
+            outs[lo:hi] = lane.produce(which[lo:hi], stop[lo:hi])
+
+        self._parallel(resample, len(which))
+        lane.done[which] = stop
+        for slot, y in zip(lane.slot[which].tolist(), outs, strict=True):
+            self._ring.write(slot, y, int(self._next[slot]))
+
+    def _remove(self, slot: int) -> None:
+        del self._slots[self._ids[slot]]
+        self._ids[slot] = None
+        self._used[slot] = False
+        self._ring.close(slot)
+        lane = self._lane_of[slot]
+        if lane is not None:
+            lane[0].close(lane[1])
+            self._lane_of[slot] = None
+
+    def _score(self, slots: np.ndarray, cols: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p, dBFS) of windows given by row, column and length in the ring (p NaN below the silence gate), in
+        batches of max_batch, split between the worker threads and this one."""
+        n = len(slots)
+        probs, levels = np.full(n, np.nan), np.empty(n)
+        if not n:
+            return probs, levels
+        window, step = self.config.window, self.max_batch
+        prep = step * -(-PREPARE // step)  # windows cut and normalised at a time: whole model batches
+        view = sliding_window_view(self._ring.buf, window, axis=1)
+
+        def shard(lo: int, hi: int) -> None:
+            for i in range(lo, hi, prep):
+                j = min(i + prep, hi)
+                batch = self._cut(view, slots[i:j], cols[i:j], lens[i:j])
+                lv, prepared = audio.measure_and_normalise(batch)
+                bad = np.flatnonzero(~np.isfinite(lv))  # a non-finite sample makes the whole level so
+                if len(bad):
+                    batch[bad] = audio.sane(batch[bad])
+                    lv[bad], prepared[bad] = audio.measure_and_normalise(batch[bad])
+                for s in np.flatnonzero(lens[i:j] < window).tolist():  # a stream's last windows: real samples
+                    lv[s] = audio.dbfs(batch[s, : lens[i + s]])
+                levels[i:j] = lv
+                loud = np.flatnonzero(lv >= self.config.min_dbfs)
+                scored = prepared if len(loud) == j - i else prepared[loud]
+                for a in range(0, len(loud), step):
+                    probs[i + loud[a : a + step]] = self.model.predict(scored[a : a + step])
+
+        self._parallel(shard, n)
+        return probs, levels
+
+    def _parallel(self, work: Callable[[int, int], None], n: int) -> None:
+        """work(lo, hi) over range(n) in `workers` contiguous shards, on the worker threads and this one."""
+        if not n:
+            return
+        size = -(-n // self.workers)
+        bounds = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+        futures = [self._pool.submit(work, *b) for b in bounds[1:]] if self._pool else []
+        for b in bounds if self._pool is None else bounds[:1]:
+            work(*b)
+        for f in futures:
+            f.result()
+
+    def _cut(self, view: np.ndarray, slots: np.ndarray, cols: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """Windows from the ring, one gather; short last windows zero-padded."""
+        window = self.config.window
+        if (lens == window).all():
+            return view[slots, cols]
+        batch = np.zeros((len(slots), window), dtype=np.float32)
+        for j, (s, col, n) in enumerate(zip(slots.tolist(), cols.tolist(), lens.tolist(), strict=True)):
+            batch[j, :n] = self._ring.buf[s, col : col + n]
+        return batch
 
     def warm_up(self, rates: tuple[int, ...] = (8_000,)) -> None:
         """Run the model and a resampler per rate once: first runs are slow (allocation, lazy imports)."""
+        probe = StreamSet(self.model, self.config, self.max_batch, workers=1)
         for rate in rates:
-            stream = Stream(self.config, rate)
-            stream.push(np.full(rate * 2, 0.1, dtype=np.float32))
-            stream.finish()
-            self._score(stream.take())
+            probe.add(rate, rate)
+            probe.push(rate, 0.1 * np.sin(np.arange(rate * 2) * 0.1).astype(np.float32))
+            probe.end(rate)
+        while len(probe):
+            probe.tick()
 
     def close(self) -> None:
         """Stop the scoring threads."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate (probs, levels) pairs in order."""
-    return np.concatenate([np.zeros(0), *(p for p, _ in parts)]), np.concatenate(
-        [np.zeros(0), *(lv for _, lv in parts)]
-    )

@@ -9,30 +9,51 @@ import pytest
 from scipy.signal import resample_poly
 
 from anger_stream import codec
-from anger_stream.resampler import StreamingResampler
+from anger_stream.buffers import Rows
+from anger_stream.resampler import Resampler
 from anger_stream.serve import audiosocket as a
 
 CALL = "40325ec2-5efd-4bd3-805f-53576e581d13"
 
 
-@pytest.mark.parametrize(("rate", "up", "down"), [(8000, 2, 1), (44100, 160, 441)])
-@pytest.mark.parametrize("chunk", [1, 160, 320, 4096])
-def test_streaming_resampler_equals_resample_poly(rate: int, up: int, down: int, chunk: int) -> None:
+def _resample_streams(rate: int, signals: list[np.ndarray], chunks: list[int]) -> list[np.ndarray]:
+    """Each signal fed to one Resampler in its own chunk size, one chunk each per round, all rows resampled
+    together after every round."""
+    r, rows = Resampler(rate, 16_000), Rows(rate // 10)
+    which = np.array([rows.open() for _ in signals])
+    done, ended = np.zeros(len(signals), np.int64), np.zeros(len(signals), bool)
+    out: list[list[np.ndarray]] = [[] for _ in signals]
+    for i in range(max(-(-len(x) // c) for x, c in zip(signals, chunks, strict=True))):
+        for j, (x, chunk) in enumerate(zip(signals, chunks, strict=True)):
+            if i * chunk < len(x):
+                piece = x[i * chunk : (i + 1) * chunk].astype(np.float32)
+                rows.write(int(which[j]), piece, int(r.first_input(int(done[j]))))
+            ended[j] = rows.end[which[j]] == len(x)
+        stop = r.ready(rows.end[which], ended)
+        new = np.flatnonzero(stop > done)
+        for j, y in zip(new, r.produce(rows, which[new], done[new], stop[new]), strict=True):
+            out[j].append(y)
+        done[new] = stop[new]
+    return [np.concatenate(o) for o in out]
+
+
+@pytest.mark.parametrize(("rate", "up", "down"), [(8000, 2, 1), (44100, 160, 441), (48000, 1, 3)])
+def test_streams_resampled_together_equal_resample_poly(rate: int, up: int, down: int) -> None:
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(rate // 2 if chunk == 1 else rate * 2) * 0.3
-    r = StreamingResampler(rate, 16_000)
-    y = np.concatenate([r.process(x[i : i + chunk]) for i in range(0, len(x), chunk)] + [r.flush()])
-    want = resample_poly(x, up, down)
-    assert y.shape == want.shape
-    np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
+    chunks = [1, 160, 320, 4096, 333]
+    signals = [(rng.standard_normal(rate // 8 if c == 1 else rate * 2) * 0.3).astype(np.float32) for c in chunks]
+    for x, y in zip(signals, _resample_streams(rate, signals, chunks), strict=True):
+        want = resample_poly(x.astype(np.float64), up, down)
+        assert y.shape == want.shape
+        np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("rate", [8000, 12000, 44100, 48000])
 def test_resampler_says_exactly_how_much_input_an_output_needs(rate: int) -> None:
-    r, produced = StreamingResampler(rate, 16_000), 0
-    for i in range(rate // 4):
-        produced += len(r.process(np.zeros(1)))
-        assert r.inputs_for(produced) <= i + 1 < r.inputs_for(produced + 1)
+    r = Resampler(rate, 16_000)
+    for n_in in range(1, rate // 4):
+        produced = int(r.ready(np.array([n_in]), np.array([False]))[0])
+        assert r.inputs_for(produced) <= n_in < r.inputs_for(produced + 1)
 
 
 def _events(data: bytes, step: int | None = None) -> list:

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from anger_stream import audio, detector
-from anger_stream.detector import DetectorConfig, Segment, Stream
+from anger_stream import audio
+from anger_stream.detector import DetectorConfig
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
 from tools.bench import onnxgraph, runtime
@@ -101,38 +101,21 @@ def test_stats_of_known_samples() -> None:
     assert s.iqr_rel == pytest.approx((75.25 - 25.75) / 2 / 25.25)
 
 
-def test_score_windows_matches_the_per_window_path(model_path: Path) -> None:
-    rng = np.random.default_rng(2)
-    config = DetectorConfig()
-    segments = [
-        Segment(0, (0.1 * rng.standard_normal(WINDOW) + 0.05).astype(np.float32)),
-        Segment(1, np.zeros(WINDOW, np.float32)),
-        Segment(2, (1e-4 * rng.standard_normal(WINDOW)).astype(np.float32)),
-        Segment(3, (0.3 * rng.standard_normal(17_000)).astype(np.float32)),
-        Segment(4, (0.02 * rng.standard_normal(WINDOW)).astype(np.float32)),
-    ]
-    model = AngerModel(model_path)
-    probs, levels = detector.score_windows(model, segments, config)
-    expected = np.array([audio.dbfs(s.audio) for s in segments])
-    np.testing.assert_allclose(levels, expected, rtol=0, atol=1e-9)
-    loud = np.flatnonzero(expected >= config.min_dbfs)
-    assert np.isnan(probs[np.setdiff1d(np.arange(len(segments)), loud)]).all()
-    batch = np.stack([audio.prepare_window(segments[i].audio, config.window) for i in loud])
-    np.testing.assert_allclose(probs[loud], model.predict(batch), rtol=0, atol=1e-6)
-
-
-def test_stream_push_replaces_non_finite_samples() -> None:
+@pytest.mark.parametrize("rate", [16_000, 44_100])
+def test_non_finite_samples_count_as_silence(model_path: Path, rate: int) -> None:
     x = np.random.default_rng(3).standard_normal(100_000).astype(np.float32)
     dirty = x.copy()
     dirty[[100, 2_000, 90_000]] = [np.nan, np.inf, -np.inf]
     clean = x.copy()
     clean[[100, 2_000, 90_000]] = 0.0
-    a, b = Stream(DetectorConfig(), 44_100), Stream(DetectorConfig(), 44_100)
+    streams = StreamSet(AngerModel(model_path), DetectorConfig(), workers=1)
+    for name in ("dirty", "clean"):
+        streams.add(name, rate)
     for d, c in zip(np.array_split(dirty, 7), np.array_split(clean, 7), strict=True):
-        a.push(d)
-        b.push(c)
-    assert [s.start for s in a.pending] == [s.start for s in b.pending] and a.pending
-    assert all(np.array_equal(s.audio, t.audio) for s, t in zip(a.pending, b.pending, strict=True))
+        streams.push("dirty", d)
+        streams.push("clean", c)
+    events = streams.tick()
+    assert events["dirty"] == events["clean"] and len(events["dirty"]) == (2 if rate == 44_100 else 9)
 
 
 def test_stream_set_workers_and_batches_give_the_same_events(model_path: Path) -> None:

@@ -9,9 +9,11 @@ import pytest
 from conftest import read_mono
 from scipy.signal import resample_poly
 
-from anger_stream import AngerDetector, AngerEnd, AngerStart, DetectorConfig, StreamSet, Window
-from anger_stream.detector import EventTracker, Windower, window_bounds
+from anger_stream import AngerDetector, AngerEnd, AngerStart, DetectorConfig, StreamSet, Window, audio
+from anger_stream.detector import EventTracker, window_bounds
 from anger_stream.detector import windows as offline_windows
+from anger_stream.model import AngerModel
+from anger_stream.tracker import Trackers
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +94,6 @@ def test_nan_samples_count_as_silence_in_the_api(detector: AngerDetector) -> Non
     assert all(w.silent for w in windows(detector.feed(x) + detector.flush()))
 
 
-def test_windower_cuts_every_hop_and_pads_the_tail() -> None:
-    w = Windower(window=10, hop=5, min_audio=8)
-    segs = w.push(np.arange(23, dtype=np.float32)) + w.finish()
-    assert [s.start for s in segs] == [0, 5, 10, 15]
-    np.testing.assert_array_equal(segs[2].audio, np.arange(10, 20))
-    np.testing.assert_array_equal(segs[3].audio, np.arange(15, 23))  # 8 samples: padded later
-
-
 def window(t: float, p: float | None, threshold: float = 0.6) -> Window:
     return Window(t - 1.2, t, p, p is not None and p >= threshold, -20.0)
 
@@ -128,24 +122,55 @@ def test_flush_closes_open_anger(detector: AngerDetector) -> None:
     assert events[-1].t == pytest.approx(2.5)
 
 
-def test_stream_set_equals_single_detectors(detector: AngerDetector, speech_wav: Path) -> None:
+def _offline(model: AngerModel, config: DetectorConfig, x: np.ndarray, rate: int) -> list:
+    """An independent reference: resample_poly of the whole signal, window_bounds, audio.dbfs and the model on
+    audio.prepare_window of each window, EventTracker on the windows, anger_end at the end."""
+    x16 = np.nan_to_num(audio.resample(x, rate), nan=0.0)
+    tracker, events = EventTracker(config), []
+    for s, e in window_bounds(len(x16), config):
+        level = audio.dbfs(x16[s:e])
+        p = (
+            float(model.predict(audio.prepare_window(x16[s:e], config.window)[None])[0])
+            if level >= config.min_dbfs
+            else None
+        )
+        w = Window(s / 16000, e / 16000, p, p is not None and p >= config.threshold, level)
+        events += [w, *tracker.update(w)]
+    return events + ([tracker.close(len(x16) / 16000)] if tracker.active else [])
+
+
+def test_many_streams_at_many_rates_joining_and_leaving_equal_one_detector_each(speech_wav: Path) -> None:
+    """Streams at 8, 16, 44.1 and 48 kHz, silent and NaN ones, joining and ending between and within ticks, in
+    random chunks and at most 2 windows a tick each: every stream's events are those of its own detector fed
+    in 320-sample chunks, and its windows those of the offline reference (to float32 rounding)."""
     x, _ = read_mono(speech_wav)
-    rng = np.random.default_rng(4)
+    x = np.concatenate([x, x[::-1] * 0.5, x])
+    config = DetectorConfig(threshold=0.2, patience=2, hysteresis=0.05)
+    detector = AngerDetector(config=config)
+    quiet = np.random.default_rng(1).standard_normal(40000).astype(np.float32) * 1e-4
     inputs = {
         "a": (x, 16000),
         "b": (np.concatenate([x[::-1], np.zeros(5000, np.float32)]), 16000),
         "c": (resample_poly(x, 1, 2).astype(np.float32), 8000),
+        "d": (resample_poly(x, 441, 160).astype(np.float32), 44100),
+        "e": (resample_poly(x, 3, 1).astype(np.float32), 48000),
+        "quiet": (quiet, 16000),
         "bad": (np.full(30000, np.nan, np.float32), 16000),
+        "late": (x[: 16000 * 3], 8000),
     }
-    streams = StreamSet(detector.model, detector.config, max_batch=3)
+    joins = {k: i for i, k in enumerate(inputs)}  # stream k joins at tick joins[k]
+    streams = StreamSet(detector.model, config, max_batch=3, workers=2, max_windows=2)
+    rng = np.random.default_rng(4)
     got: dict[str, list] = {k: [] for k in inputs}
-    for k, (_, rate) in inputs.items():
-        streams.add(k, rate)
-    pos = dict.fromkeys(inputs, 0)
-    while pos:
+    pos: dict[str, int] = {}
+    tick = 0
+    while pos or tick <= max(joins.values()):
+        for k in [k for k, j in joins.items() if j == tick]:
+            streams.add(k, inputs[k][1])
+            pos[k] = 0
         for k in list(pos):
             sig, rate = inputs[k]
-            n = int(rng.integers(1, 3000))
+            n = int(rng.integers(1, rate // 4))
             streams.push(k, sig[pos[k] : pos[k] + n])
             pos[k] += n
             if pos[k] >= len(sig):
@@ -153,12 +178,41 @@ def test_stream_set_equals_single_detectors(detector: AngerDetector, speech_wav:
                 del pos[k]
         for k, events in streams.tick().items():
             got[k] += events
-    assert len(streams) == 0
+        tick += 1
+    while len(streams):
+        for k, events in streams.tick().items():
+            got[k] += events
     for k, (sig, rate) in inputs.items():
-        expected = feed_in_chunks(detector, sig, 320, rate)
-        assert [e.to_dict() for e in got[k]] == [e.to_dict() for e in expected]
+        assert [e.to_dict() for e in got[k]] == [e.to_dict() for e in feed_in_chunks(detector, sig, 320, rate)], k
+        want = _offline(detector.model, config, sig, rate)
+        assert [type(e) for e in got[k]] == [type(e) for e in want], k
+        np.testing.assert_allclose(probs(got[k]), probs(want), rtol=0, atol=2e-5)
+    kinds = {type(e).__name__ for evs in got.values() for e in evs}
+    assert {"AngerStart", "AngerEnd"} <= kinds
+    assert all(w.silent for w in windows(got["quiet"]) + windows(got["bad"])) and windows(got["quiet"])
     with pytest.raises(KeyError):
         streams.push("a", x)
+
+
+def test_the_vectorised_event_logic_equals_one_tracker_per_stream() -> None:
+    """Trackers stepping many streams at once (any subset each step) equals EventTracker per stream."""
+    config = DetectorConfig(threshold=0.6, patience=3, hysteresis=0.2)
+    rng = np.random.default_rng(0)
+    n, steps = 40, 300
+    many, singles = Trackers(config), [EventTracker(config) for _ in range(n)]
+    many.grow(n)
+    t = np.zeros(n)
+    for _ in range(steps):
+        slots = np.flatnonzero(rng.random(n) < 0.5)
+        p = np.where(rng.random(len(slots)) < 0.1, np.nan, rng.beta(2, 2, len(slots)))
+        t_start, t_end = t[slots], t[slots] + 1.2
+        t[slots] += 0.6
+        got = dict(many.step(slots, p, t_start, t_end))
+        for i, s in enumerate(slots.tolist()):
+            pi = None if np.isnan(p[i]) else float(p[i])
+            want = singles[s].update(Window(float(t_start[i]), float(t_end[i]), pi, pi is not None and pi >= 0.6, 0.0))
+            assert ([got[i]] if i in got else []) == want
+    assert sum(tr.active for tr in singles) == many.active.sum() > 0
 
 
 @pytest.mark.parametrize(
@@ -175,13 +229,36 @@ def test_window_bounds_hold_at_least_one_second(n: int, expected: list) -> None:
     assert window_bounds(n) == expected
 
 
+def _varied(seed: int) -> np.ndarray:
+    """2 s each of loud noise, quiet noise (gated), noise on a DC offset, digital zero, loud noise; 0.625 s more."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(5 * 32000 + 10000)
+    levels = np.repeat([0.1, 1e-4, 0.05, 0.0, 0.2, 0.1], 32000)[: len(noise)]
+    offset = np.repeat([0.0, 0.0, 0.3, 0.0, 0.0, 0.0], 32000)[: len(noise)]
+    return (noise * levels + offset).astype(np.float32)
+
+
 @pytest.mark.parametrize("chunk", [1, 333, 9600, 100_000])
-def test_offline_window_bounds_are_what_the_stream_cuts(chunk: int) -> None:
-    x = np.arange(50_000, dtype=np.float32)
-    w = Windower(19200, 9600, 16000)
-    segments = [s for i in range(0, len(x), chunk) for s in w.push(x[i : i + chunk])] + w.finish()
-    assert [(s.start, s.start + len(s.audio)) for s in segments] == window_bounds(len(x))
-    assert all(np.array_equal(s.audio, x[s.start : s.start + len(s.audio)]) for s in segments)
-    offline = offline_windows(x)
-    assert [s.start for s in offline] == [s.start for s in segments]
-    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(offline, segments, strict=True))
+def test_the_stream_cuts_measures_and_prepares_the_offline_windows(detector: AngerDetector, chunk: int) -> None:
+    """Each window is where window_bounds puts it, its level is audio.dbfs of those samples and its p the model's
+    on audio.prepare_window of them (short last windows included), however the audio arrives and ticks fall."""
+    x = _varied(7)
+    streams = StreamSet(detector.model, detector.config, max_batch=3)
+    streams.add("s")
+    events: list = []
+    for n, i in enumerate(range(0, len(x), chunk)):
+        streams.push("s", x[i : i + chunk])
+        if n % 997 == 0:
+            events += streams.tick().get("s", [])
+    streams.end("s")
+    events += streams.tick()["s"]
+    bounds = window_bounds(len(x))
+    got = windows(events)
+    assert [(round(w.t_start * 16000), round(w.t_end * 16000)) for w in got] == bounds
+    segments = [w.audio for w in offline_windows(x)]
+    np.testing.assert_allclose([w.dbfs for w in got], [audio.dbfs(s) for s in segments], rtol=0, atol=1e-9)
+    loud = [i for i, s in enumerate(segments) if audio.dbfs(s) >= detector.config.min_dbfs]
+    assert 0 < len(loud) < len(segments) and len(segments[-1]) < 19200
+    assert all(got[i].p is None for i in set(range(len(got))) - set(loud))
+    want = detector.model.predict(np.stack([audio.prepare_window(segments[i], 19200) for i in loud]))
+    np.testing.assert_allclose([got[i].p for i in loud], want, rtol=0, atol=1e-6)

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from anger_stream.detector import DetectorConfig, Stream, score_windows, windows
+from anger_stream import audio
+from anger_stream.detector import DetectorConfig, windows
 from anger_stream.model import AngerModel
 from anger_stream.streams import StreamSet
 from tools.bench.e2e import NullModel, StreamLoad
@@ -89,16 +90,17 @@ def streamset_rows(name: str, path: str, x16: np.ndarray, batch: int, n: int, cy
 
 
 def python_side(x16: np.ndarray, seconds: float) -> dict[str, Stats]:
-    """Stream.push of 600 ms and score_windows of 4 windows without the model, in isolation."""
+    """StreamSet.push of 600 ms to one stream with a tick that finds nothing due, and the level and
+    normalisation of 4 windows (audio.measure_and_normalise), in isolation."""
     config = DetectorConfig()
     chunk = x16[: config.hop]
-    stream = Stream(config)
-    segments = windows(x16, config)[:4]
-    null = NullModel()
+    streams = StreamSet(NullModel(), config, workers=1)
+    streams.add(0)
+    batch = np.stack([w.audio for w in windows(x16, config)[:4]])
     t = interleaved(
         {
-            "push": lambda: (stream.push(chunk), stream.take()),
-            "score4": lambda: score_windows(null, segments, config),
+            "push": lambda: (streams.push(0, chunk), streams.tick()),
+            "score4": lambda: audio.measure_and_normalise(batch),
         },
         seconds,
     )
