@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,8 @@ class LoadTest:
         self.dtmf_lines = 0
         self.rss_mb: list[tuple[float, float]] = []  # (time, MB)
         self.rounds: list[dict] = []
+        self.parent_cpu = 0.0  # CPU seconds of the server's own process (not its workers) while streaming
+        self.on_started: Callable[[dict[str, int]], None] | None = None  # given the ports, before the first call
 
     def new_calls(self) -> dict[str, Call]:
         """A round of calls with fresh ids, protocols taking turns (--protocol mixed)."""
@@ -133,6 +136,8 @@ class LoadTest:
         if self.args.max_batch:
             cmd += ["--max-batch", str(self.args.max_batch)]
         cmd += ["--workers", str(self.args.workers), "--read-timeout", str(self.args.read_timeout)]
+        for endpoint in ("metrics", "dashboard"):
+            cmd += [f"--{endpoint}", "127.0.0.1:0"] if getattr(self.args, endpoint) else []
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, limit=1 << 20)
         ready, ports = 0, {}
         while ready < self.args.workers * len(self.protocols):  # every worker has its model loaded and listens
@@ -141,8 +146,8 @@ class LoadTest:
                 raise SystemExit("loadtest: the server did not start")
             msg = json.loads(line)
             if msg.get("state") == "listening":
-                ready += 1
-                ports[msg["protocol"]] = msg["port"]
+                ready += msg["protocol"] in self.protocols
+                ports[msg["protocol"]] = msg["port"]  # and the metrics or dashboard port
         return proc, ports
 
     async def read_events(self, proc: asyncio.subprocess.Process) -> None:
@@ -304,8 +309,10 @@ class LoadTest:
 
     async def run(self) -> dict:
         proc, ports = await self.start_server()
+        if self.on_started is not None:
+            self.on_started(ports)
         memory = asyncio.create_task(self.watch_memory(proc.pid))
-        cpu0, own0 = _cpu_seconds(proc.pid), time.process_time()
+        cpu0, own0, parent0 = _cpu_seconds(proc.pid), time.process_time(), _own_cpu_seconds(proc.pid)
         hostile: list[asyncio.Task] = []
         sigterm_s = None
         try:
@@ -325,6 +332,7 @@ class LoadTest:
                 self.rounds.append(self.round_summary())
             streamed = time.monotonic() - t_start
             cpu, own = _cpu_seconds(proc.pid) - cpu0, time.process_time() - own0
+            self.parent_cpu = _own_cpu_seconds(proc.pid) - parent0
         finally:
             if proc.returncode is None:
                 stopping = time.monotonic()
@@ -382,6 +390,8 @@ class LoadTest:
             "pacing_late_ticks": self.late_ticks,
             "pacing_max_lag_ms": round(self.max_lag * 1000, 1),
             "server_cpu_percent": round(100 * server_cpu / streamed, 1) if server_cpu >= 0 else None,  # None: it died
+            # --workers N: the parent, which serves --metrics and --dashboard and waits for the workers
+            "server_parent_cpu_percent": round(100 * self.parent_cpu / streamed, 2) if self.args.workers > 1 else None,
             "client_cpu_percent": round(100 * client_cpu / streamed, 1),
             "load_average": os.getloadavg()[0],
             "server_rss_mb": {"start": self.rss_mb[0][1], "max": max(mb for _, mb in self.rss_mb)},
@@ -426,6 +436,15 @@ def _cpu_seconds(pid: int) -> float:
     return own / os.sysconf("SC_CLK_TCK") + sum(_cpu_seconds(int(c)) for c in children)
 
 
+def _own_cpu_seconds(pid: int) -> float:
+    """CPU seconds of one process alone (utime and stime); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pid: int) -> float:
     """Resident memory of a process and its children (serve --workers), in MB; 0 once it is gone."""
     try:
@@ -437,7 +456,8 @@ def _rss_mb(pid: int) -> float:
     return round(kb / 1024 + sum(_rss_mb(int(c)) for c in children), 1)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The load test's options, checked (a usage error exits)."""
     parser = argparse.ArgumentParser(prog="python -m tools.loadtest", description=__doc__.split("\n")[0])
     parser.add_argument("--protocol", choices=["audiosocket", "mediastream", "mixed"], default="audiosocket")
     parser.add_argument("--calls", type=int, default=10)
@@ -455,6 +475,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ping-flood", type=int, default=0, help="Media Streams ping floods never reading (hostile)")
     parser.add_argument("--slowloris", type=int, default=0, help="connections sending a byte every 5 s (hostile)")
     parser.add_argument("--dtmf", type=int, default=0, help="DTMF frames sent at once by one more call (hostile)")
+    parser.add_argument("--metrics", action="store_true", help="the server serves --metrics on a loopback port")
+    parser.add_argument("--dashboard", action="store_true", help="the server serves --dashboard on a loopback port")
     args = parser.parse_args(argv)
     if not loopback(args.target.rsplit(":", 1)[0]):
         parser.error("--target must be a loopback address (127.0.0.0/8, ::1, localhost)")
@@ -469,6 +491,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--flood and --dtmf need AudioSocket calls, --ping-flood Media Streams calls")
     if args.protocol == "mixed" and not args.target.endswith(":0"):
         parser.error("--protocol mixed needs a --target with port 0 (each protocol gets its own port)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     try:
         result = asyncio.run(LoadTest(args).run())
     except (OSError, RuntimeError, sf.LibsndfileError) as exc:

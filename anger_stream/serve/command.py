@@ -16,6 +16,7 @@ from ..events import Event, Status, Window, to_json
 from .security import TOKEN_ENV, TWILIO_ENV
 
 if TYPE_CHECKING:
+    from .dashboard import Snapshots
     from .hub import Sink
 
 DEFAULT_AUDIOSOCKET = "127.0.0.1:9092"
@@ -110,6 +111,14 @@ def serve(
             "counts). Needs the metrics extra.",
         ),
     ] = None,
+    dashboard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Serve a live page of the calls on http://HOST:PORT/ (a bare PORT: 127.0.0.1; read-only; with "
+            "--token, the page needs it too).",
+        ),
+    ] = None,
 ) -> None:
     """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.
 
@@ -157,6 +166,7 @@ def serve(
     if metrics is not None:
         require("prometheus_client", "metrics", "--metrics")
         metrics_at = parse_address(metrics, "--metrics")
+    dashboard_at = parse_address(dashboard, "--dashboard") if dashboard is not None else None
     settings = options.detector_settings(
         config_file, threshold=threshold, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis
     )
@@ -169,6 +179,7 @@ def serve(
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
 
+    snapshots = None
     if workers > 1 and not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):
         fail("--workers needs fork() and SO_REUSEPORT (Linux); run one server per port instead", EXIT_USAGE)
 
@@ -183,6 +194,11 @@ def serve(
 
             counted = CallMetrics()
             sink, on_tick = tee(sink, counted.events), counted.tick
+        if snapshots is not None:
+            from .board import Board
+            from .dashboard import publisher
+
+            sink = tee(sink, publisher(Board(), snapshots, worker))
         hub = Hub(Calls(), ScoringThread(streams), sink, on_tick)
         try:
             asyncio.run(run_servers(hub, listen, read_timeout, marks, worker, policy))
@@ -192,8 +208,11 @@ def serve(
             fail(str(exc), EXIT_INPUT)
 
     with contextlib.ExitStack() as stack:
-        if metrics_at is not None:
-            stack.enter_context(_metrics_endpoint(*metrics_at))
+        with _signals_for_main_thread():  # the endpoints' threads never take SIGINT/SIGTERM
+            if metrics_at is not None:
+                stack.enter_context(_metrics_endpoint(*metrics_at))
+            if dashboard_at is not None:
+                snapshots = stack.enter_context(_dashboard(*dashboard_at, workers, token, config.threshold))
         if workers == 1:
             work(None, listen, loaded)
             return
@@ -207,13 +226,25 @@ def serve(
 
 
 @contextlib.contextmanager
+def _signals_for_main_thread() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in threads started within: a stop signal then always reaches the main thread,
+    where the server (or the parent of the workers, waiting for them) handles it."""
+    import signal
+
+    stop = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
 def _metrics_endpoint(host: str, port: int) -> Iterator[None]:
     """The metrics endpoint for this process and the workers it starts (`listening` line and all), and the
     folder of their values, removed at the end."""
-    from ..stdio import EXIT_INPUT, emit_line, fail
+    from ..stdio import EXIT_INPUT, fail
     from . import prometheus
-    from .hub import log
-    from .security import is_loopback
 
     folder = prometheus.prepare()
     try:
@@ -221,10 +252,40 @@ def _metrics_endpoint(host: str, port: int) -> Iterator[None]:
             host, port = prometheus.serve_endpoint(host, port)
         except OSError as exc:
             fail(f"cannot listen on {host}:{port} (metrics): {exc.strerror or exc}", EXIT_INPUT)
-        log(f"metrics listening on {host}:{port}")
-        if not is_loopback(host):
-            log(f"WARNING: metrics on {host}:{port} are readable by anyone who reaches the port (see the README)")
-        emit_line(to_json(Status("listening", 0.0, {"protocol": "metrics", "host": host, "port": port})))
+        _listening("metrics", host, port, "its counts are readable by anyone who reaches the port")
         yield
     finally:
         prometheus.cleanup(folder)
+
+
+@contextlib.contextmanager
+def _dashboard(host: str, port: int, workers: int, token: str | None, threshold: float) -> Iterator[Snapshots]:
+    """The supervisor's page for this process and the workers it starts, and where they put their snapshots."""
+    from ..stdio import EXIT_INPUT, fail
+    from .dashboard import Snapshots, serve_dashboard
+
+    snapshots = Snapshots(threshold) if workers == 1 else Snapshots.shared(threshold)
+    try:
+        try:
+            server, port = serve_dashboard(host, port, snapshots, token)
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} (dashboard): {exc.strerror or exc}", EXIT_INPUT)
+        try:
+            _listening("dashboard", host, port, "" if token else "anyone who reaches it sees the calls (--token)")
+            yield snapshots
+        finally:
+            server.close()
+    finally:
+        snapshots.cleanup()
+
+
+def _listening(protocol: str, host: str, port: int, exposed: str) -> None:
+    """The `listening` line and log line of an endpoint; a warning if `exposed` says why one beyond loopback is."""
+    from ..stdio import emit_line
+    from .hub import log
+    from .security import is_loopback
+
+    log(f"{protocol} listening on {host}:{port}")
+    if exposed and not is_loopback(host):
+        log(f"WARNING: {protocol} on {host}:{port} is reachable beyond this host: {exposed} (see the README)")
+    emit_line(to_json(Status("listening", 0.0, {"protocol": protocol, "host": host, "port": port})))

@@ -24,6 +24,8 @@ from ..streams import Feed, Scored, StreamSet
 
 Sink = Callable[[list[CallEvent]], None]
 """Where events go: JSON lines on stdout (serve/command.py), or an application's own handler."""
+FINAL_STATES = ("end", "error", "interrupted")
+"""The states of a call's last status line."""
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,12 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..calls import CallEvent
 from ..events import AngerStart, Status, Window
-
-if TYPE_CHECKING:
-    from .hub import Tick
+from .hub import FINAL_STATES, Tick
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-FINAL_STATES = ("end", "error", "interrupted")
-"""The states of a call's last status line."""
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
