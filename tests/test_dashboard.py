@@ -119,6 +119,7 @@ def test_the_page_shows_an_angry_caller_within_2_s_of_its_anger_start(shared: Pa
             wait_for(lambda: browser.evaluate("document.querySelectorAll('#calls tr').length") == 0, 10)
     finally:
         assert srv.stop() == 0
+    print(f"shown angry {shown_after:.2f} s after its anger_start line")  # pytest -s shows it
     assert shown_after < 2.0, f"shown angry {shown_after:.2f} s after its anger_start line ({line})"
     calm_angry = [e for e in srv.events if e["type"] == "anger_start" and e.get("call") in calm_ids]
     if not calm_angry:  # other angry calls would share the top
