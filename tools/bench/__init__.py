@@ -7,7 +7,9 @@
 offline scoring, CLI cold start and memory, StreamSet capacity and the optimisations table. Its speech is
 the test split of the `--speech` manifests (default: EmoDB and RAVDESS in the shared data folder, found
 beside the repository or at $ANGER_SHARED). `batch` prints a Markdown table of `anger-stream batch`
-throughput for docs/batch.md. The serve load test is `python -m tools.loadtest` (docs/telephony.md).
+throughput for docs/batch.md. The serve load test is `python -m tools.loadtest` (docs/telephony.md);
+`python -m tools.bench.dashboard` runs it with and without `serve --metrics` and `--dashboard` and a page
+open (docs/operations.md).
 
 Modules: `timing` (measurements and statistics), `peak` (matmul peaks), `onnxgraph` (FLOPs and the network
 read from the ONNX graph), `e2e` (offline, CLI, StreamSet sections), `optimisations` (before/after rows),
