@@ -335,6 +335,10 @@ async def serve(
     `policy`: who may connect (security.py).
     """
     server = Server(hub, read_timeout, marks, worker, policy)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the `listening` lines: a client may stop us at once
+        loop.add_signal_handler(sig, stop.set)
     listeners = []
     for spec in listen:
         try:
@@ -347,10 +351,6 @@ async def serve(
         listening: Event = Status("listening", 0.0, {"protocol": spec.protocol, "host": host, "port": port, **which})
         hub.emit([(None, listening)])
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     loop.set_exception_handler(_log_unexpected)
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
