@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import SHARED
 
 from tools.channels import mulaw_encode, telephone
 from tools.evaluate import auroc, egemaps, scoring
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MODEL = REPO / "models" / "anger_fcn.onnx"
 SR = 16_000
 
