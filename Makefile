@@ -47,7 +47,7 @@ model: $(VENV)/.test-installed  ## retrain and export the shipped model from the
 	  --manifest $(SHARED)/data/nemo/manifest.csv --dev $(SHARED)/data/emodb/manifest.csv \
 	  --pretrained $(SHARED)/pretrained/soundnet8_conv1-5.npz --variant T3 --seed 11 --steps 4000 --eval-every 250 \
 	  --threads 1 --workers 1 --min-active 0.25 --zero-noise --channels 0.8 --select channels --out runs/T3_RAN_s11_ch80
-	$(BIN)/python -m tools.export --checkpoint runs/T3_RAN_s11_ch80/best.pt --out models/anger_fcn.onnx
+	$(BIN)/python -m tools.train.export --checkpoint runs/T3_RAN_s11_ch80/best.pt --out models/anger_fcn.onnx
 
 evaluate: $(VENV)/.test-installed  ## window and utterance AUROC of the shipped model on the test speakers
 	$(BIN)/python -m tools.evaluate --model models/anger_fcn.onnx --manifest $(SHARED)/data/ravdess/manifest.csv \

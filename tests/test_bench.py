@@ -16,13 +16,13 @@ from anger_stream.streams import StreamSet
 from tools.bench import onnxgraph, runtime
 from tools.bench.__main__ import main as bench_main
 from tools.bench.timing import Stats
-from tools.fcn import paper_blocks
+from tools.train.fcn import paper_blocks
 
 WINDOW = 19_200
 
 
 def fcn_onnx(widths: tuple[int, int, int] = (32, 64, 128), seed: int = 0) -> onnx.ModelProto:
-    """The paper's network as a hand-built ONNX graph (BN folded) with random weights, like tools.export's."""
+    """The paper's network as a hand-built ONNX graph (BN folded) with random weights, like tools.train.export's."""
     rng = np.random.default_rng(seed)
     nodes = [helper.make_node("Unsqueeze", ["audio", "axis"], ["x0"])]
     inits = [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis")]

@@ -14,9 +14,9 @@ import torch
 
 from anger_stream import audio
 from anger_stream.model import AngerModel
-from tools.data import WINDOW, decode, windows
-from tools.export import export
-from tools.fcn import FCN, VARIANTS, AngerProbability, Voice, build, drop_extra_outputs
+from tools.train.data import WINDOW, decode, windows
+from tools.train.export import export
+from tools.train.fcn import FCN, VARIANTS, AngerProbability, Voice, build, drop_extra_outputs
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 META = {"variant": "T3", "thresholds": json.dumps({"0.01": 0.9, "0.05": 0.7, "0.10": 0.5})}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tools.fcn import FCN, VARIANTS, AngerProbability, build, n_parameters
+from tools.train.fcn import FCN, VARIANTS, AngerProbability, build, n_parameters
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SOUNDNET = SHARED / "pretrained" / "soundnet8_conv1-5.npz"

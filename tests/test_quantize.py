@@ -1,4 +1,4 @@
-"""tools.quantize on a hand-built network: static QDQ int8 runs, stays close to float32, keeps metadata."""
+"""tools.train.quantize on a hand-built network: static QDQ int8 runs, stays close to float32, keeps metadata."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import onnx
 from test_bench import WINDOW, fcn_onnx
 
 from anger_stream.model import AngerModel
-from tools import quantize
+from tools.train import quantize
 
 
 def test_static_int8_tracks_float32(tmp_path: Path) -> None:

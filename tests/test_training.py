@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from anger_stream import audio
-from tools.data import WINDOW, BalancedBatches, Track, augment, augment_pair, crop_starts, fill_zeros
-from tools.fcn import AngerProbability, build, drop_extra_outputs, logit
 from tools.manifest import Clip
-from tools.teacher import CLASSES as TEACHER_CLASSES
-from tools.teacher import Teacher
-from tools.train import main, platt, teacher_projection, thresholds
-from tools.window_cues import speech_share
+from tools.train.data import WINDOW, BalancedBatches, Track, augment, augment_pair, crop_starts, fill_zeros
+from tools.train.fcn import AngerProbability, build, drop_extra_outputs, logit
+from tools.train.teacher import CLASSES as TEACHER_CLASSES
+from tools.train.teacher import Teacher
+from tools.train.train import main, platt, teacher_projection, thresholds
+from tools.train.window_cues import speech_share
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -216,10 +216,10 @@ def test_teacher_projection_z_scores_logits_and_whitens_embedding_components() -
 
 @pytest.mark.shared
 def test_teacher_run_gets_a_raised_voice_term_that_exports(tmp_path: Path) -> None:
-    """A tiny teacher run, its raised-voice weight chosen by tools.voice, exported: the ONNX model carries the
+    """A tiny teacher run, its raised-voice weight chosen by tools.train.voice, exported: the ONNX model carries the
     term and equals the checkpoint's torch network."""
     from anger_stream.model import AngerModel
-    from tools import export, voice
+    from tools.train import export, voice
 
     ravdess, yamnet = SHARED / "data" / "ravdess", SHARED / "pretrained" / "yamnet" / "yamnet.tflite"
     if not (ravdess / "manifest.csv").is_file() or not yamnet.is_file():

@@ -1,6 +1,6 @@
 """What the benchmark reads from an exported ONNX graph: conv shapes, FLOPs per window, the network itself.
 
-FLOPs are counted from the graph, not from tools/fcn.py: shapes are inferred for a fixed input length and
+FLOPs are counted from the graph, not from tools/train/fcn.py: shapes are inferred for a fixed input length and
 every Conv contributes 2 x MACs = 2 x output elements x (input channels / groups) x kernel size. Bias,
 ReLU, pooling and the softmax head are ignored (< 0.1% of the work).
 """
@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from tools.fcn import Block
+from tools.train.fcn import Block
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def flops_per_window(model: onnx.ModelProto, samples: int) -> int:
 
 
 def blocks(model: onnx.ModelProto) -> tuple[tuple[Block, ...], list[np.ndarray]]:
-    """The network as tools.fcn blocks (BN folded away: `bn` marks conv -> ReLU) and conv weights, biases."""
+    """The network as tools.train.fcn blocks (BN folded away: `bn` marks conv -> ReLU) and conv weights, biases."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     found: list[Block] = []
     params: list[np.ndarray] = []
@@ -110,12 +110,12 @@ def blocks(model: onnx.ModelProto) -> tuple[tuple[Block, ...], list[np.ndarray]]
     return tuple(found), params
 
 
-def torch_network(path: str | Path):  # -> tools.fcn.AngerProbability (torch imported lazily)
-    """The ONNX model's network in PyTorch eager (tools.fcn.FCN, BN folded as in tools.export), eval mode."""
+def torch_network(path: str | Path):  # -> tools.train.fcn.AngerProbability (torch imported lazily)
+    """The ONNX model's network in PyTorch eager (tools.train.fcn.FCN, BN folded as at export), eval mode."""
     import torch
     from torch import nn
 
-    from tools.fcn import FCN, AngerProbability
+    from tools.train.fcn import FCN, AngerProbability
 
     found, params = blocks(onnx.load(str(path)))
     fcn = FCN(found, dropout=0.0)

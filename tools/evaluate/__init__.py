@@ -11,8 +11,3 @@ and utterance AUROC with DeLong CIs, thresholds and ROC plots (the `python -m to
 openSMILE baseline; `false_alarms` counts false alarms per minute of calm speech. docs/evaluation.md has
 the details and the commands behind every file in models/eval.
 """
-
-# the names tools.data and tools.quantize import from here
-from anger_stream.audio import WINDOW  # noqa: F401
-from tools.evaluate.auroc import main  # noqa: F401
-from tools.evaluate.scoring import clip_segments, gated_segments  # noqa: F401

@@ -1,6 +1,6 @@
 """Quantize the anger model to int8 and gate it on accuracy.
 
-    python -m tools.quantize --manifest ../shared/data/ravdess/manifest.csv \
+    python -m tools.train.quantize --manifest ../shared/data/ravdess/manifest.csv \
         --manifest ../shared/data/ased/manifest.csv --manifest ../shared/data/nemo/manifest.csv \
         [--mode static|dynamic] [--evaluate --dev ../shared/data/emodb/manifest.csv]
 
@@ -37,7 +37,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from anger_stream import audio
-from tools import evaluate
+from tools.evaluate import auroc, scoring
 from tools.manifest import load_manifest
 
 TOLERANCE = 0.005
@@ -49,8 +49,8 @@ def calibration_windows(manifests: Sequence[Path], n: int, seed: int = 0) -> np.
     rng = np.random.default_rng(seed)
     out: list[np.ndarray] = []
     for i in rng.permutation(len(clips)):
-        segments, _ = evaluate.clip_segments(clips[i])
-        out += [audio.prepare_window(s, evaluate.WINDOW) for s in segments]
+        segments, _ = scoring.clip_segments(clips[i])
+        out += [audio.prepare_window(s, audio.WINDOW) for s in segments]
         if len(out) >= 2 * n:
             break
     if not out:
@@ -124,7 +124,7 @@ def _copy_metadata(source: Path, target: Path, mode: str) -> None:
     del dst.metadata_props[:]
     for p in src.metadata_props:
         dst.metadata_props.add(key=p.key, value=p.value)
-    dst.metadata_props.add(key="quantization", value=f"int8 {mode} (tools.quantize)")
+    dst.metadata_props.add(key="quantization", value=f"int8 {mode} (tools.train.quantize)")
     dst.metadata_props.add(key="float_model_sha256", value=sha256(source))
     onnx.save(dst, str(target))
 
@@ -140,7 +140,7 @@ def gate(model: Path, quantized: Path, sets: dict[str, Path], tolerance: float, 
     for name, manifest in sets.items():
         out = workdir / f"{name}.json"
         argv = ["--model", str(model), "--compare", str(quantized), "--manifest", str(manifest), "--json", str(out)]
-        evaluate.main(argv)
+        auroc.main(argv)
         r = json.loads(out.read_text())
         results[name] = {
             "float32": r["auroc"],
@@ -154,7 +154,7 @@ def gate(model: Path, quantized: Path, sets: dict[str, Path], tolerance: float, 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m tools.quantize", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.train.quantize", description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=Path("models/anger_fcn.onnx"))
     ap.add_argument("--out", type=Path, default=Path("models/anger_fcn.int8.onnx"))
     ap.add_argument("--manifest", type=Path, action="append", default=[], help="calibration corpus (train split)")

@@ -24,11 +24,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from tools import channels
-from tools.data import MIN_ACTIVE, BalancedBatches, decode, load_tracks, windows
-from tools.fcn import FCN, AngerProbability, Voice, build, logit
 from tools.manifest import load_manifest
-from tools.teacher import CLASSES as TEACHER_CLASSES
-from tools.teacher import Teacher
+from tools.train.data import MIN_ACTIVE, BalancedBatches, decode, load_tracks, windows
+from tools.train.fcn import FCN, AngerProbability, Voice, build, logit
+from tools.train.teacher import CLASSES as TEACHER_CLASSES
+from tools.train.teacher import Teacher
 
 FPRS = ("0.01", "0.05", "0.10")
 

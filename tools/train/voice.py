@@ -1,13 +1,14 @@
 """Add a raised-voice term to a teacher-trained network's anger score.
 
-    python -m tools.voice --checkpoint runs/X/best.pt --manifest M [--manifest M2 ...] --dev D --out runs/X/voice.pt
+    python -m tools.train.voice --checkpoint runs/X/best.pt --manifest M [--manifest M2 ...] --dev D \
+        --out runs/X/voice.pt
 
 Acted anger (RAVDESS, ASED, nEMO) is often not a raised voice; natural anger often is: YAMNet's zero-shot
 raised-voice score is near chance on those three corpora but separates the angry windows of EmoDB (.82) and
 of natural broadcast speech (.86). A network trained with the teacher (`tools.train --teacher`) has learnt
 copies of YAMNet's z-scored raised-voice logits (Shout, Bellow, Whoop, Yell, Screaming) as extra outputs.
 This step adds their mean, times a weight w, to the network's anger logit, inside the exported graph
-(`tools.fcn.Voice`); the runtime still runs one small network and never YAMNet.
+(`tools.train.fcn.Voice`); the runtime still runs one small network and never YAMNet.
 
 w is chosen on a grid to maximise the mean of two scores, each the mean of clean and channel-perturbed
 window AUROC: the per-corpus validation speakers of the training corpora, and the --dev corpus (never trained
@@ -26,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.export import load_checkpoint
-from tools.fcn import FCN, Voice, logit
-from tools.teacher import CLASSES, RAISED
-from tools.train import EvalSet, aurocs, eval_set, platt, predict, thresholds
+from tools.train.export import load_checkpoint
+from tools.train.fcn import FCN, Voice, logit
+from tools.train.teacher import CLASSES, RAISED
+from tools.train.train import EvalSet, aurocs, eval_set, platt, predict, thresholds
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
 VOICE = Voice(tuple(2 + list(CLASSES.values()).index(name) for name in RAISED), 1.0)

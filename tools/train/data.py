@@ -20,9 +20,9 @@ import torch
 
 from anger_stream import audio
 from tools import channels
-from tools.evaluate import gated_segments
+from tools.evaluate.scoring import gated_segments
 from tools.manifest import Clip, load_manifest
-from tools.teacher import Teacher
+from tools.train.teacher import Teacher
 
 SR = audio.SAMPLE_RATE
 WINDOW = round(audio.WINDOW_S * SR)

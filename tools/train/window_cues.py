@@ -1,6 +1,6 @@
 """Window AUROC of simple cues and of models by speech share of the window.
 
-    python -m tools.window_cues --manifest ../shared/data/ravdess/manifest.csv \
+    python -m tools.train.window_cues --manifest ../shared/data/ravdess/manifest.csv \
         --manifest ../shared/data/ased/manifest.csv [--model M.onnx ...] [--json out.json]
 
 Run-time windows of the test split (EmoDB: all clips), gated at `audio.MIN_DBFS` as at run time. Per
@@ -23,8 +23,8 @@ import numpy as np
 from anger_stream import audio, metrics
 from anger_stream.detector import windows
 from anger_stream.model import AngerModel
-from tools.data import ACTIVE_DB, FRAME, WINDOW, decode, fill_zeros
 from tools.manifest import load_manifest
+from tools.train.data import ACTIVE_DB, FRAME, WINDOW, decode, fill_zeros
 
 BINS = ((0.0, 0.3), (0.3, 0.6), (0.6, 1.0))
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     split = None if args.split == "none" else args.split
-    result = {"command": "python -m tools.window_cues " + " ".join(argv if argv is not None else sys.argv[1:])}
+    result = {"command": "python -m tools.train.window_cues " + " ".join(argv if argv is not None else sys.argv[1:])}
     result["by_corpus"] = {m.parent.name: corpus_cues(m, split, args.model) for m in args.manifest}
     text = json.dumps(result, indent=1)
     if args.json:

@@ -1,4 +1,4 @@
-"""Export a trained checkpoint to ONNX: python -m tools.export --checkpoint runs/X/best.pt --out M.onnx.
+"""Export a trained checkpoint to ONNX: python -m tools.train.export --checkpoint runs/X/best.pt --out M.onnx.
 
 Graph: input "audio" float32 [batch, samples] (prepared windows, any length >= 1 s), output "p" float32
 [batch] = p(anger), the softmax over the 2 classes averaged over output time steps. BatchNorm is folded
@@ -20,14 +20,14 @@ import torch
 from torch import nn
 
 from anger_stream import audio
-from tools.fcn import FCN, VARIANTS, AngerProbability, Voice, drop_extra_outputs, with_outputs
+from tools.train.fcn import FCN, VARIANTS, AngerProbability, Voice, drop_extra_outputs, with_outputs
 
 VERSION = "0.1.0"
 OPSET = 18
 
 
 def load_checkpoint(path: str | Path, keep: int | None = None) -> tuple[FCN, dict, Voice | None]:
-    """The network of a tools.train (or tools.voice) checkpoint in eval mode, its metrics and its raised-voice
+    """The network of a tools.train (or tools.train.voice) checkpoint in eval mode, its metrics and its raised-voice
     term; the network keeps the extra outputs the term reads (or the first `keep`), and drops the rest."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     model = FCN(with_outputs(VARIANTS[ckpt["variant"]].blocks, 2 + ckpt.get("extra", 0)), dropout=ckpt["dropout"])
