@@ -69,9 +69,11 @@ def observer_cost(calls: int, seconds: float = 20.0) -> dict[str, float]:
     them over: a window per call every hop (one in eight angry), a tick every 10 ms, a snapshot every PERIOD_S.
     The lines cost nothing here: only the observers are timed."""
     import os
+    import shutil
     import tempfile
 
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="anger-stream-bench-"))
+    values = tempfile.mkdtemp(prefix="anger-stream-bench-")  # the metrics' multiprocess values
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", values)
     from anger_stream.events import AngerEnd, AngerStart, Status, Window
     from anger_stream.serve.board import Board, merge
     from anger_stream.serve.dashboard import PERIOD_S, Snapshots
@@ -117,6 +119,7 @@ def observer_cost(calls: int, seconds: float = 20.0) -> dict[str, float]:
         json.dumps(merge(snapshots, 0.6), separators=(",", ":"))
     out["merge_cpu_percent"] = round(100 * (time.process_time() - started) / seconds, 2)
     store.cleanup()
+    shutil.rmtree(values, ignore_errors=True)
     return out
 
 
