@@ -13,7 +13,7 @@ import torch
 
 from anger_stream import audio
 from tools.manifest import Clip
-from tools.train.data import WINDOW, BalancedBatches, Track, augment, augment_pair, crop_starts, fill_zeros
+from tools.train.data import WINDOW, BalancedBatches, Track, augment_pair, crop_starts, fill_zeros
 from tools.train.fcn import AngerProbability, build, drop_extra_outputs, logit
 from tools.train.teacher import CLASSES as TEACHER_CLASSES
 from tools.train.teacher import Teacher
@@ -70,7 +70,7 @@ def test_augmentation_with_zero_noise_has_no_digital_zeros() -> None:
     rng = np.random.default_rng(6)
     x = speech_like(rng, seconds=3.0, lead=1.0)
     for start in crop_starts(x, min_active=0.25)[:3]:
-        y = augment(x, int(start), rng, zero_noise=True)
+        y = augment_pair(x, int(start), rng, zero_noise=True)[0]
         assert y.shape == (WINDOW,) and y.dtype == np.float32 and np.isfinite(y).all()
         assert np.all(y != 0)
 
@@ -88,7 +88,7 @@ def test_augmentation_keeps_length_and_dtype() -> None:
     rng = np.random.default_rng(1)
     x = speech_like(rng, lead=0.0)
     for _ in range(5):
-        y = augment(x, int(rng.integers(0, len(x) - WINDOW)), rng)
+        y = augment_pair(x, int(rng.integers(0, len(x) - WINDOW)), rng)[0]
         assert y.shape == (WINDOW,) and y.dtype == np.float32 and np.isfinite(y).all()
 
 

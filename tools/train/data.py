@@ -25,8 +25,7 @@ from tools.manifest import Clip, load_manifest
 from tools.train.teacher import Teacher
 
 SR = audio.SAMPLE_RATE
-WINDOW = round(audio.WINDOW_S * SR)
-HOP = round(audio.HOP_S * SR)
+WINDOW, HOP = audio.WINDOW, audio.HOP
 MIN_AUDIO = round(audio.MIN_AUDIO_S * SR)
 FRAME = SR // 100
 ACTIVE_DB = 40.0
@@ -102,28 +101,6 @@ def fill_zeros(x: np.ndarray, rng: np.random.Generator, low_db: float = -70.0, h
     return out
 
 
-def augment(
-    x: np.ndarray,
-    start: int,
-    rng: np.random.Generator,
-    zero_noise: bool = False,
-    channel_p: float = 0.0,
-    babble_pool: np.ndarray | None = None,
-) -> np.ndarray:
-    """A WINDOW crop at `start`, time-stretched U[0.9, 1.1], pitch-shifted U[-5, 5] quarter-tones, with
-    probability `channel_p` passed through a random recording channel (`channels.random_channel`: tilt and
-    EQ, band limits and codecs, rooms, noise and babble from `babble_pool`), plus Gaussian noise with sigma
-    U[0, 0.005 * peak].
-
-    Stretch and shift are one librosa phase-vocoder stretch followed by one soxr resampling (what
-    `librosa.effects.pitch_shift` does internally), on a slightly longer segment that is cut afterwards
-    (the channel too runs on the longer segment, so filters and rooms have no edge at the crop).
-    With `zero_noise`, digital zeros of the segment (incl. padding past the clip) are first replaced by a
-    noise floor (`fill_zeros`).
-    """
-    return augment_pair(x, start, rng, zero_noise, channel_p, babble_pool)[0]
-
-
 def augment_pair(
     x: np.ndarray,
     start: int,
@@ -132,7 +109,18 @@ def augment_pair(
     channel_p: float = 0.0,
     babble_pool: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`augment`'s crop, and the same crop before the channel and the added noise (what a teacher hears)."""
+    """(heard, clean): heard is a WINDOW crop at `start`, time-stretched U[0.9, 1.1], pitch-shifted U[-5, 5]
+    quarter-tones, with probability `channel_p` passed through a random recording channel
+    (`channels.random_channel`: tilt and EQ, band limits and codecs, rooms, noise and babble from
+    `babble_pool`), plus Gaussian noise with sigma U[0, 0.005 * peak]; clean is the same crop before the
+    channel and the added noise (what a teacher hears).
+
+    Stretch and shift are one librosa phase-vocoder stretch followed by one soxr resampling (what
+    `librosa.effects.pitch_shift` does internally), on a slightly longer segment that is cut afterwards
+    (the channel too runs on the longer segment, so filters and rooms have no edge at the crop).
+    With `zero_noise`, digital zeros of the segment (incl. padding past the clip) are first replaced by a
+    noise floor (`fill_zeros`).
+    """
     stretch = rng.uniform(0.9, 1.1)
     semitones = rng.uniform(-5, 5) / 2
     shift = 2.0 ** (-semitones / 12)

@@ -65,7 +65,7 @@ def export(
 ) -> None:
     """Write the ONNX file with dynamic batch and time axes, check it, and attach metadata."""
     wrapper = AngerProbability(fold_batchnorm(model.eval()), calibration, voice).eval()
-    example = torch.zeros(2, round(audio.WINDOW_S * audio.SAMPLE_RATE))
+    example = torch.zeros(2, audio.WINDOW)
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated (but still the cleaner one here)
         warnings.simplefilter("ignore", DeprecationWarning)

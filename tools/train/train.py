@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
+from anger_stream import metrics
 from tools import channels
 from tools.manifest import load_manifest
 from tools.train.data import MIN_ACTIVE, BalancedBatches, decode, load_tracks, windows
@@ -84,9 +84,9 @@ def predict(
 
 def aurocs(s: EvalSet, p: np.ndarray) -> dict[str, float]:
     """AUROC per corpus, pooled ('all') and the mean over corpora ('mean')."""
-    out = {c: float(roc_auc_score(s.y[s.corpus == c], p[s.corpus == c])) for c in sorted(set(s.corpus))}
+    out = {c: metrics.auroc(s.y[s.corpus == c], p[s.corpus == c]) for c in sorted(set(s.corpus))}
     out["mean"] = float(np.mean(list(out.values())))
-    out["all"] = float(roc_auc_score(s.y, p))
+    out["all"] = metrics.auroc(s.y, p)
     return out
 
 
