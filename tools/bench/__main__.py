@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from tools.bench import batch, runtime
+from tools.bench import batch, dashboard, runtime
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -17,6 +17,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, module, text in (
         ("runtime", runtime, "model and runtime figures: docs/benchmarks.md and .json"),
         ("batch", batch, "anger-stream batch throughput: a Markdown table for docs/batch.md"),
+        ("dashboard", dashboard, "what serve --metrics and --dashboard cost under load (docs/operations.md)"),
     ):
         sub = reports.add_parser(name, help=text, description=text)
         module.add_arguments(sub)

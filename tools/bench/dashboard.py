@@ -2,7 +2,7 @@
 without either, with metrics, with the dashboard and no page, and with the dashboard and one page open in a
 headless Chromium (the system's), in turns, so that the machine's noise falls on every mode alike.
 
-    python -m tools.bench.dashboard --file call.wav --calls 300 --duration 20 --workers 2 --model int8 \
+    python -m tools.bench dashboard --file call.wav --calls 300 --duration 20 --workers 2 --model int8 \
         --rounds 2 --json docs/dashboard-cpu.jsonl
 
 One JSON line per run (mode, round, the load test's summary: server CPU, p99 latency, windows; for the page,
@@ -123,8 +123,7 @@ def observer_cost(calls: int, seconds: float = 20.0) -> dict[str, float]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench.dashboard", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", type=Path, required=True, help="a recorded call (any rate), looped")
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per call")
@@ -133,11 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", help="the server's model (e.g. int8)")
     parser.add_argument("--rounds", type=int, default=2, help="turns of all four modes")
     parser.add_argument("--json", type=Path, help="append the runs to this JSON-lines file")
-    args = parser.parse_args(argv)
+
+
+def run_report(args: argparse.Namespace, command: str) -> None:
+    """Every mode in turns, one JSON line per run on stdout, then the summary per mode on stderr."""
     if not 1 <= args.rounds <= 10 or not 0 < args.duration <= 120:
-        parser.error("--rounds must be 1..10 and --duration 0..120 s (a bounded benchmark)")
+        sys.exit("error: --rounds must be 1..10 and --duration 0..120 s (a bounded benchmark)")
     if chromium_path() is None:
-        sys.exit("bench.dashboard: needs Chromium (Debian: apt-get install chromium)")
+        sys.exit("error: the dashboard report needs Chromium (Debian: apt-get install chromium)")
     cost = {"mode": "observers", "calls": args.calls, **observer_cost(args.calls)}
     print(json.dumps(cost), flush=True)
     print(f"observers: {cost}", file=sys.stderr)
@@ -160,7 +162,3 @@ def main(argv: list[str] | None = None) -> None:
         page = f", page {mine[-1]['page']}" if "page" in mine[-1] else ""
         print(f"{mode:>9}: server CPU {cpu:.1f} % (its parent {parent:.2f} %; median of {len(mine)}), "
               f"p99 {p99:.0f} ms{page}", file=sys.stderr)  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()
