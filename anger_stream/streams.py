@@ -50,6 +50,8 @@ class Scored:
     due_at: dict[Hashable, int]
 
 
+RESAMPLE_GRAIN = 4
+"""Streams resampled on one thread at least (fewer are not worth handing to another thread)."""
 PREPARE = 16
 """Windows cut, measured and normalised together before their model calls (fewer numpy calls per window)."""
 
@@ -254,7 +256,7 @@ class StreamSet:
         def resample(lo: int, hi: int) -> None:
             outs[lo:hi] = lane.produce(which[lo:hi], stop[lo:hi])
 
-        self._parallel(resample, len(which))
+        self._parallel(resample, len(which), RESAMPLE_GRAIN)
         lane.done[which] = stop
         for slot, y in zip(lane.slot[which].tolist(), outs, strict=True):
             self._ring.write(slot, y, int(self._next[slot]))
@@ -297,14 +299,15 @@ class StreamSet:
                 for a in range(0, len(loud), step):
                     probs[i + loud[a : a + step]] = self.model.predict(scored[a : a + step])
 
-        self._parallel(shard, n)
+        self._parallel(shard, n, step)
         return probs, levels
 
-    def _parallel(self, work: Callable[[int, int], None], n: int) -> None:
-        """work(lo, hi) over range(n) in `workers` contiguous shards, on the worker threads and this one."""
+    def _parallel(self, work: Callable[[int, int], None], n: int, grain: int) -> None:
+        """work(lo, hi) over range(n) in up to `workers` contiguous shards of at least `grain` items, on the
+        worker threads and this one (a thread's hand-over costs more than a small shard's work)."""
         if not n:
             return
-        size = -(-n // self.workers)
+        size = max(-(-n // self.workers), grain)
         bounds = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
         futures = [self._pool.submit(work, *b) for b in bounds[1:]] if self._pool else []
         for b in bounds if self._pool is None else bounds[:1]:

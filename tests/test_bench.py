@@ -159,3 +159,23 @@ def test_runtime_report_refuses_a_missing_speech_manifest(tmp_path: Path) -> Non
     with pytest.raises(SystemExit, match="speech manifest not found"):
         bench_main(["runtime", "--speech", str(tmp_path / "none.csv"), "--out", str(tmp_path / "b")])
     assert not (tmp_path / "b.json").exists()
+
+
+def test_the_many_stream_benchmark_measures_both_inputs(tmp_path: Path) -> None:
+    from tools.bench import streams as bench_streams
+
+    talk = tmp_path / "speech.npy"
+    np.save(talk, (0.1 * np.random.default_rng(0).standard_normal(16_000 * 20)).astype(np.float32))
+    rows = {e: bench_streams.measure(str(talk), None, 6, 2, e, 4, 2) for e in ("s16le", "mulaw")}
+    for row in rows.values():
+        assert row["streams"] == 6 and row["us_per_stream"] > 0 and row["model_share"] == 0.0
+    result = {
+        "command": "python -m tools.bench streams",
+        "loadavg_start": [1.0],
+        "loadavg_end": [1.0],
+        "overhead": {f"new {e}": [row] for e, row in rows.items()},
+        "bare": {"fp32": {"streams": 100.0, "best": "2x1 batch 4"}},
+        "capacity": {"new fp32": {"sustained_streams": 50, "share_of_bare": 0.5, "at": rows["s16le"], "trials": []}},
+    }
+    md = bench_streams.markdown(result)
+    assert "| new | mulaw | 6 |" in md and "| new | fp32 | 50 | 100 (2x1 batch 4) | 50% |" in md

@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from tools.bench import batch, dashboard, runtime
+from tools.bench import batch, dashboard, runtime, streams
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -16,6 +16,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     reports = parser.add_subparsers(required=True, metavar="REPORT")
     for name, module, text in (
         ("runtime", runtime, "model and runtime figures: docs/benchmarks.md and .json"),
+        ("streams", streams, "many-stream core: Python-side cost, capacity, cores, share of the bare model"),
         ("batch", batch, "anger-stream batch throughput: a Markdown table for docs/batch.md"),
         ("dashboard", dashboard, "what serve --metrics and --dashboard cost under load (docs/operations.md)"),
     ):
