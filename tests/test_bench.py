@@ -169,13 +169,15 @@ def test_the_many_stream_benchmark_measures_both_inputs(tmp_path: Path) -> None:
     rows = {e: bench_streams.measure(str(talk), None, 6, 2, e, 4, 2) for e in ("s16le", "mulaw")}
     for row in rows.values():
         assert row["streams"] == 6 and row["us_per_stream"] > 0 and row["model_share"] == 0.0
+    at = {**rows["s16le"], "bare_streams": 100.0, "bare_best": "2x1 batch 4"}
     result = {
         "command": "python -m tools.bench streams",
         "loadavg_start": [1.0],
         "loadavg_end": [1.0],
         "overhead": {f"new {e}": [row] for e, row in rows.items()},
         "bare": {"fp32": {"streams": 100.0, "best": "2x1 batch 4"}},
-        "capacity": {"new fp32": {"sustained_streams": 50, "share_of_bare": 0.5, "at": rows["s16le"], "trials": []}},
+        "capacity": {"new fp32": {"sustained_streams": 50, "share_of_bare": 0.5, "at": at, "trials": []}},
     }
     md = bench_streams.markdown(result)
-    assert "| new | mulaw | 6 |" in md and "| new | fp32 | 50 | 100 (2x1 batch 4) | 50% |" in md
+    assert "| new | mulaw | 6 |" in md and "| new | fp32 | 50 | 100 (2x1 batch 4) | 50% | 100 (2x1 batch 4) |" in md
+    assert all(row["cpu_us_per_stream"] > 0 for row in rows.values())

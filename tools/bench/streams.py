@@ -85,10 +85,18 @@ class _Load:
         self.data = mulaw_encode(loop) if encoding == "mulaw" else loop
         self.offsets = np.random.default_rng(0).integers(0, len(x) // self.hop, n) * self.hop
         self.length = len(x)
+        self.source = speech
         self.k = 0
         if encoding == "s16le":
             for i in range(n):
                 streams.add(i)
+
+    def windows(self, n: int) -> list[np.ndarray]:
+        """n prepared windows of the speech (the model's input), for the bare model."""
+        from anger_stream import audio
+
+        x = self.source
+        return [audio.prepare_window(x[i * 9600 : i * 9600 + 19_200], 19_200) for i in range(n)]
 
     def cycle(self) -> tuple[float, float]:
         """One hop to every stream, then a tick: (feeding seconds, tick seconds)."""
@@ -125,6 +133,13 @@ def measure(speech: str, model: str | None, n: int, cycles: int, encoding: str, 
     wall, cpu = time.perf_counter() - wall0, _cpu_s() - cpu0
     total = runs.sum(axis=1)
     streams.close()
+    nearby = {}
+    if model:  # the bare model right after, in the same process: the same share of the machine
+        from anger_stream.model import AngerModel
+
+        x = np.stack(load.windows(16))
+        sessions = [AngerModel(model, threads=1) for _ in range(2)]
+        nearby = {f"2x1 batch {b}": _throughput(sessions, x[:b], 1.0) * HOP_S for b in (max_batch, 16)}
     return {
         "streams": n,
         "encoding": encoding,
@@ -133,8 +148,10 @@ def measure(speech: str, model: str | None, n: int, cycles: int, encoding: str, 
         "tick_median_s": float(np.median(runs[:, 1])),
         "us_per_stream": float(np.median(total) / n * 1e6),
         "cores_used": cpu / wall,
+        "cpu_us_per_stream": cpu / (n * cycles) * 1e6,
         "model_share": timed[0].seconds / cpu if model else 0.0,
         "loadavg": [load0, os.getloadavg()[0]],
+        **({"bare_streams": max(nearby.values()), "bare_best": max(nearby, key=nearby.get)} if nearby else {}),
     }
 
 
@@ -178,12 +195,19 @@ def _throughput(models: list, x: np.ndarray, seconds: float) -> float:
 
 
 def _child(pythonpath: str, job: dict) -> dict:
+    """Run one job in a fresh process whose `anger_stream` is the first one on `pythonpath` (started in an
+    empty folder: `python -m` puts the working folder first on sys.path)."""
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tools.bench.streams", json.dumps(job)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, check=False)
+    with tempfile.TemporaryDirectory() as empty:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=empty, check=False)
     if done.returncode:
         raise SystemExit(f"benchmark job {job} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = Path(pythonpath.split(":")[0]).resolve() / "anger_stream"
+    if Path(out["code"]).resolve().parent != expected:
+        raise SystemExit(f"benchmark job measured {out['code']}, not {expected}")
+    return out
 
 
 def _capacity(runs: dict[str, callable], start: int, steps: int) -> dict[str, dict]:
@@ -249,7 +273,8 @@ def run_report(args: argparse.Namespace, command: str) -> dict:
 
         runs = {name: (lambda k, p=path: job(k, p)) for name, path in codes.items()}
         for name, cap in _capacity(runs, 400 if model == "fp32" else 1000, 1 if args.quick else 3).items():
-            cap["share_of_bare"] = cap["sustained_streams"] / results["bare"][model]["streams"]
+            at = cap["at"] or {"bare_streams": results["bare"][model]["streams"]}
+            cap["share_of_bare"] = cap["sustained_streams"] / at["bare_streams"]
             results["capacity"][f"{name} {model}"] = cap
             print(f"capacity {name} {model}: {cap['sustained_streams']} streams", flush=True)
     results["loadavg_end"] = os.getloadavg()
@@ -270,33 +295,42 @@ def markdown(r: dict) -> str:
         "work of one 600 ms cycle: feeding a hop to every stream and a tick); 16 kHz float samples through "
         "`push`, or 8 kHz mu-law bytes through `run` as the servers feed it. Capacity: the most streams whose "
         "cycle fits in 600 ms with `StreamSet(AngerModel(path, threads=1), max_batch=4, workers=2)`; the bare "
-        "model's throughput is measured in the same run (its best of batch 1-16 on two 1-thread sessions or one "
-        "2-thread session).",
+        "model's throughput is measured in the same process right after each trial (two 1-thread sessions at "
+        "batch 4 and 16: the same share of the machine; the share of bare is against it), and on its own in the "
+        "run (best of batch 1-16, two 1-thread sessions or one 2-thread session). CPU time per stream and cycle "
+        'is what a stream costs whatever else runs; "on 2 whole cores" is 1.2 CPU seconds per 600 ms cycle '
+        "divided by it: what the code would sustain with both cores to itself (the measured capacity is a lower "
+        "bound on a shared machine).",
         "",
-        "| code | input | streams | us per stream and cycle | feeding ms | tick ms | load |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| code | input | streams | us per stream and cycle | CPU us per stream and cycle | feeding ms | tick ms "
+        "| load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, rows in r["overhead"].items():
         code, encoding = key.rsplit(" ", 1)
         for row in rows:
             lines.append(
                 f"| {code} | {encoding} | {row['streams']} | {row['us_per_stream']:.1f} | "
+                f"{row['cpu_us_per_stream']:.1f} | "
                 f"{row['feed_median_s'] * 1e3:.0f} | {row['tick_median_s'] * 1e3:.0f} | {row['loadavg'][0]:.1f} |"
             )
     lines += [
         "",
-        "| code | model | streams sustained | bare model (streams' worth) | share of bare | cores used | "
-        "model share of CPU | cycle ms | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| code | model | streams sustained | bare model then (streams' worth) | share of bare | bare model, "
+        "best of batch 1-16 | cores used | model share of CPU | CPU us per stream and cycle | on 2 whole cores "
+        "| cycle ms | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, cap in r["capacity"].items():
         code, model = key.rsplit(" ", 1)
         at = cap["at"] or cap["trials"][-1]
         b = r["bare"][model]
         lines.append(
-            f"| {code} | {model} | {cap['sustained_streams']} | {b['streams']:.0f} ({b['best']}) | "
-            f"{cap['share_of_bare']:.0%} | {at['cores_used']:.2f} | {at['model_share']:.0%} | "
-            f"{at['cycle_median_s'] * 1e3:.0f} | {at['loadavg'][0]:.1f} |"
+            f"| {code} | {model} | {cap['sustained_streams']} | {at['bare_streams']:.0f} ({at['bare_best']}) | "
+            f"{cap['share_of_bare']:.0%} | {b['streams']:.0f} ({b['best']}) | {at['cores_used']:.2f} | "
+            f"{at['model_share']:.0%} | {at['cpu_us_per_stream']:.0f} | "
+            f"{2 * HOP_S / (at['cpu_us_per_stream'] * 1e-6):.0f} | {at['cycle_median_s'] * 1e3:.0f} | "
+            f"{at['loadavg'][0]:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -311,5 +345,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":  # one measurement, in a process of its own: python -m tools.bench.streams JOB
+    import anger_stream
+
     job = json.loads(sys.argv[1])
-    print(json.dumps(measure(**job["measure"]) if "measure" in job else bare(*job["bare"])))
+    result = measure(**job["measure"]) if "measure" in job else bare(*job["bare"])
+    print(json.dumps({**result, "code": anger_stream.__file__}))
