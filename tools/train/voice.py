@@ -32,7 +32,7 @@ from tools.train.fcn import FCN, Voice, logit
 from tools.train.teacher import CLASSES, RAISED
 from tools.train.train import EvalSet, aurocs, eval_set, platt, predict, thresholds
 
-WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 VOICE = Voice(tuple(2 + list(CLASSES.values()).index(name) for name in RAISED), 1.0)
 """The raised-voice outputs of a teacher-trained network (the teacher's logits follow the 2 classes)."""
 
