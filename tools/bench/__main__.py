@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from tools.bench import batch, dashboard, runtime, streams
+from tools.bench import batch, dashboard, runtime, streams, window
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -19,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("streams", streams, "many-stream core: Python-side cost, capacity, cores, share of the bare model"),
         ("batch", batch, "anger-stream batch throughput: a Markdown table for docs/batch.md"),
         ("dashboard", dashboard, "what serve --metrics and --dashboard cost under load (docs/operations.md)"),
+        ("window", window, "single-window latency of several models side by side: OUT.json"),
     ):
         sub = reports.add_parser(name, help=text, description=text)
         module.add_arguments(sub)
