@@ -6,6 +6,8 @@ APT_PACKAGES := python3-venv libportaudio2 libsndfile1 pulseaudio pulseaudio-uti
 DEMO_CALM := Hello. I would like to check the status of my order, please. Thank you.
 DEMO_ANGRY := No! No! I want my money back, right now!
 SHARED ?= ../shared
+TRAIN_MANIFESTS = $(foreach c,ravdess ased nemo,--manifest $(SHARED)/data/$(c)/manifest.csv)
+RUN := T3_RAN_s11_ch80_ye10
 
 .PHONY: demo demo-file test lint deps model evaluate bench clean
 
@@ -43,11 +45,13 @@ $(VENV)/.test-installed: pyproject.toml
 	touch $@
 
 model: $(VENV)/.test-installed  ## retrain and export the shipped model from the corpora in $(SHARED)
-	$(BIN)/python -m tools.train --manifest $(SHARED)/data/ravdess/manifest.csv --manifest $(SHARED)/data/ased/manifest.csv \
-	  --manifest $(SHARED)/data/nemo/manifest.csv --dev $(SHARED)/data/emodb/manifest.csv \
-	  --pretrained $(SHARED)/pretrained/soundnet8_conv1-5.npz --variant T3 --seed 11 --steps 4000 --eval-every 250 \
-	  --threads 1 --workers 1 --min-active 0.25 --zero-noise --channels 0.8 --select channels --out runs/T3_RAN_s11_ch80
-	$(BIN)/python -m tools.train.export --checkpoint runs/T3_RAN_s11_ch80/best.pt --out models/anger_fcn.onnx
+	$(BIN)/python -m tools.train $(TRAIN_MANIFESTS) --dev $(SHARED)/data/emodb/manifest.csv \
+	  --pretrained $(SHARED)/pretrained/soundnet8_conv1-5.npz --variant T3 --seed 11 --steps 5000 --eval-every 250 \
+	  --threads 1 --workers 1 --min-active 0.25 --zero-noise --channels 0.8 --select channels \
+	  --teacher $(SHARED)/pretrained/yamnet/yamnet.tflite --teacher-weight 1.0 --teacher-embedding 10 --out runs/$(RUN)
+	$(BIN)/python -m tools.train.voice --checkpoint runs/$(RUN)/best.pt $(TRAIN_MANIFESTS) \
+	  --dev $(SHARED)/data/emodb/manifest.csv --out runs/$(RUN)/voice.pt
+	$(BIN)/python -m tools.train.export --checkpoint runs/$(RUN)/voice.pt --out models/anger_fcn.onnx
 
 evaluate: $(VENV)/.test-installed  ## window and utterance AUROC of the shipped model on the test speakers
 	$(BIN)/python -m tools.evaluate --model models/anger_fcn.onnx --manifest $(SHARED)/data/ravdess/manifest.csv \

@@ -382,10 +382,10 @@ def test_split_channels_score_each_side_of_a_call(two_channel_call: Path, model:
 
 
 def test_segments_reproduce_a_live_patience_2(two_channel_call: Path, model: Path, tmp_path: Path) -> None:
-    """The detector options reach the workers: batch segments with --threshold 0.7 --patience 2 are the
+    """The detector options reach the workers: batch segments with --threshold 0.85 --patience 2 are the
     anger_start onsets and anger_end times of the live detector run with the same options (here one segment,
     where patience 1 finds two)."""
-    options = ["--model", str(model), "--threshold", "0.7", "--patience", "2", "--hysteresis", "0.2"]
+    options = ["--model", str(model), "--threshold", "0.85", "--patience", "2", "--hysteresis", "0.2"]
     out = tmp_path / "r.jsonl"
     args = ["--out", str(out), "--channels", "split", "--workers", "1", "--quiet", *options]
     proc = run_cli("batch", str(two_channel_call), *args)
@@ -398,4 +398,4 @@ def test_segments_reproduce_a_live_patience_2(two_channel_call: Path, model: Pat
         ends = [e["t"] for e in events if e["type"] == "anger_end"]
         assert side["segments"] == [list(s) for s in zip(starts, ends, strict=True)]
     assert len(line["channels"][1]["segments"]) == 1
-    assert (line["threshold"], line["patience"], line["hysteresis"], line["min_dbfs"]) == (0.7, 2, 0.2, -50.0)
+    assert (line["threshold"], line["patience"], line["hysteresis"], line["min_dbfs"]) == (0.85, 2, 0.2, -50.0)
