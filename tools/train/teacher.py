@@ -12,6 +12,7 @@ Needs `ai-edge-litert` and `yamnet.tflite` (see the README beside it in the shar
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,11 @@ class Teacher:
     def _load(self):  # the interpreter is created in the process that uses it (not picklable)
         from ai_edge_litert.interpreter import Interpreter
 
-        interpreter = Interpreter(model_path=self.path, num_threads=1, experimental_preserve_all_tensors=self.embedding)
+        with warnings.catch_warnings():  # preserving tensors (to read the embedding) is called a debug feature
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors", category=UserWarning)
+            interpreter = Interpreter(
+                model_path=self.path, num_threads=1, experimental_preserve_all_tensors=self.embedding
+            )
         interpreter.allocate_tensors()
         self._input = interpreter.get_input_details()[0]["index"]
         self._output = interpreter.get_output_details()[0]["index"]
