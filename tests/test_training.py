@@ -116,20 +116,24 @@ def test_thresholds_meet_target_false_positive_rate() -> None:
         assert np.mean(p[y == 0] >= np.nextafter(t, np.float32(0), dtype=np.float32)) > float(fpr) - 0.002
 
 
-@pytest.mark.shared
-def test_training_smoke(tmp_path: Path) -> None:
+def small_ravdess_manifest(tmp_path: Path, other: str) -> Path:
+    """A manifest of every 4th angry or `other` clip of RAVDESS actors 01, 17 and 21 (train, val, test)."""
     ravdess = SHARED / "data" / "ravdess"
     if not (ravdess / "manifest.csv").is_file():
         pytest.skip(f"RAVDESS not found under {SHARED} (set ANGER_SHARED)")
     with (ravdess / "manifest.csv").open(newline="") as f:
-        rows = [
-            r for r in csv.DictReader(f) if r["speaker"] in ("01", "17", "21") and r["emotion"] in ("angry", "happy")
-        ]
+        rows = [r for r in csv.DictReader(f) if r["speaker"] in ("01", "17", "21") and r["emotion"] in ("angry", other)]
     manifest = tmp_path / "manifest.csv"
     with manifest.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({**r, "path": str(ravdess / r["path"])} for r in rows[::4])
+    return manifest
+
+
+@pytest.mark.shared
+def test_training_smoke(tmp_path: Path) -> None:
+    manifest = small_ravdess_manifest(tmp_path, "happy")
     out = tmp_path / "run"
     metrics = main(
         ["--manifest", str(manifest), "--variant", "S", "--steps", "4", "--eval-every", "2"]
@@ -221,19 +225,11 @@ def test_teacher_run_gets_a_raised_voice_term_that_exports(tmp_path: Path) -> No
     from anger_stream.model import AngerModel
     from tools.train import export, voice
 
-    ravdess, yamnet = SHARED / "data" / "ravdess", SHARED / "pretrained" / "yamnet" / "yamnet.tflite"
-    if not (ravdess / "manifest.csv").is_file() or not yamnet.is_file():
-        pytest.skip(f"RAVDESS or YAMNet not found under {SHARED} (set ANGER_SHARED)")
+    yamnet = SHARED / "pretrained" / "yamnet" / "yamnet.tflite"
+    if not yamnet.is_file():
+        pytest.skip(f"YAMNet not found under {SHARED} (set ANGER_SHARED)")
     pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert (the train extra)")
-    with (ravdess / "manifest.csv").open(newline="") as f:
-        rows = [
-            r for r in csv.DictReader(f) if r["speaker"] in ("01", "17", "21") and r["emotion"] in ("angry", "calm")
-        ]
-    manifest = tmp_path / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({**r, "path": str(ravdess / r["path"])} for r in rows[::4])
+    manifest = small_ravdess_manifest(tmp_path, "calm")
     run = tmp_path / "run"
     main(
         ["--manifest", str(manifest), "--variant", "S", "--steps", "2", "--eval-every", "2", "--workers", "0"]
