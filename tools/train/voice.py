@@ -33,7 +33,7 @@ from tools.train.teacher import CLASSES, RAISED
 from tools.train.train import EvalSet, aurocs, eval_set, platt, predict, thresholds
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-VOICE = Voice(tuple(2 + list(CLASSES.values()).index(name) for name in RAISED), 1.0)
+CHANNELS = tuple(2 + list(CLASSES.values()).index(name) for name in RAISED)
 """The raised-voice outputs of a teacher-trained network (the teacher's logits follow the 2 classes)."""
 
 
@@ -45,7 +45,7 @@ def parts(model: FCN, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.n
     for i in range(0, len(x), batch):
         out = model(torch.from_numpy(x[i : i + batch]))
         anger.append(logit(torch.softmax(out[:, :2], dim=1)[:, 1].mean(dim=-1)).numpy())
-        voice.append(out[:, list(VOICE.channels)].mean(dim=(1, 2)).numpy())
+        voice.append(out[:, list(CHANNELS)].mean(dim=(1, 2)).numpy())
     return np.concatenate(anger), np.concatenate(voice)
 
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     rows = sweep(model, sets)
     best = max(rows, key=lambda r: r["objective"])
-    voice = Voice(VOICE.channels, best["weight"])
+    voice = Voice(CHANNELS, best["weight"])
     val = EvalSet(
         *(np.concatenate([getattr(sets[n], f) for n in ("val", "val_channels")]) for f in ("x", "y", "corpus"))
     )
