@@ -127,9 +127,9 @@ class Voice:
 
 
 class AngerProbability(nn.Module):
-    """p(anger) per input: softmax over the 2 classes, averaged over output time steps. With a `voice`
-    term, the score is logit(p) + the voice term; with a calibration [scale, bias] (Platt scaling), the
-    output is sigmoid(scale * score + bias), where score is logit(p) without a voice term."""
+    """p(anger) per input: softmax over the 2 classes, averaged over output time steps. With a `voice` term
+    or a calibration [scale, bias] (Platt scaling): sigmoid(scale * score + bias), where score = logit(p),
+    plus the voice term when there is one (scale 1, bias 0 without a calibration)."""
 
     def __init__(self, fcn: FCN, calibration: list[float] | None = None, voice: Voice | None = None) -> None:
         super().__init__()
