@@ -75,11 +75,13 @@ def test_metrics_count_the_calls_of_every_worker(server: ServeProcess, speech: n
     for t in callers:
         t.start()
 
-    # during the calls: the four real-time calls are being served, by one worker or the other
+    # during the calls: the four real-time calls are being served, by one worker or the other (a scrape reads
+    # each worker's counter and gauge files one after the other, so it may see a call start in one and not yet
+    # in the other: wait for a scrape that has all four in both)
     deadline, during = time.monotonic() + 4.0, {}
     while time.monotonic() < deadline:
         during = scrape(port)
-        if total(during, "anger_stream_calls_active") == 4:
+        if total(during, "anger_stream_calls_active") == total(during, "anger_stream_calls_total") == 4:
             break
         time.sleep(0.1)
     assert total(during, "anger_stream_calls_active", protocol="audiosocket") == 4, during
