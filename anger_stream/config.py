@@ -90,13 +90,21 @@ class DetectorConfig:
         return round(self.min_audio_s * audio.SAMPLE_RATE)
 
 
+def window_count(available: np.ndarray | int, ended: np.ndarray | bool, config: DetectorConfig) -> np.ndarray:
+    """How many windows start, a hop apart, within `available` 16 kHz samples from the first start: while a
+    stream goes on, only whole windows; once it has ended, every start with at least min_audio real samples
+    after it (the last windows end with the stream)."""
+    need = np.where(ended, config.min_audio, config.window)
+    return np.where(available >= need, (available - need) // config.hop + 1, 0)
+
+
 def window_bounds(n_samples: int, config: DetectorConfig | None = None) -> list[tuple[int, int]]:
-    """(start, end) of the windows of a 16 kHz signal of n_samples, as the live detector cuts them: a window
-    starts every hop and holds at least min_audio real samples; the last ones end with the stream (shorter
-    than the window: zero-padded when prepared)."""
+    """(start, end) of the windows of a 16 kHz signal of n_samples, as the live detector cuts them (a whole
+    stream: `window_count` with the stream ended); the last ones end with the stream (shorter than the window:
+    zero-padded when prepared)."""
     c = config or DetectorConfig()
-    last = n_samples - c.min_audio
-    return [(s, min(s + c.window, n_samples)) for s in range(0, max(last + 1, 0), c.hop)]
+    starts = range(0, int(window_count(n_samples, True, c)) * c.hop, c.hop)
+    return [(s, min(s + c.window, n_samples)) for s in starts]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from . import audio, codec
 from .buffers import Rows
-from .config import DetectorConfig, check_rate
+from .config import DetectorConfig, check_rate, window_count
 from .events import Event, Window
 from .model import AngerModel
 from .resampler import Resampler
@@ -215,10 +215,7 @@ class StreamSet:
         n = len(self._used)
         end, nxt, used = ring.end[:n], self._next, self._used
         ended = self._ended & used
-        avail = end - nxt
-        full = np.where(used & (avail >= c.window), (avail - c.window) // c.hop + 1, 0)
-        tail = np.where(avail >= c.min_audio, (avail - c.min_audio) // c.hop + 1, 0)
-        remaining = np.where(ended, tail, full)
+        remaining = np.where(used, window_count(end - nxt, ended, c), 0)
         take = remaining if self.max_windows is None else np.minimum(remaining, self.max_windows)
         slots = np.flatnonzero((take > 0) | ended)
         k = take[slots]
