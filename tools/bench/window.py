@@ -12,8 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from tools.bench.runtime import SPEECH, environment, prepared, run_ort, speech
-from tools.bench.timing import Stats, interleaved, session
+from tools.bench.runtime import SPEECH, environment, prepared, single_window, speech
 
 
 def model_arg(text: str) -> tuple[str, Path]:
@@ -22,11 +21,6 @@ def model_arg(text: str) -> tuple[str, Path]:
     if not sep or not name or not Path(path).is_file():
         raise argparse.ArgumentTypeError(f"expected NAME=PATH of an existing ONNX file, got {text!r}")
     return name, Path(path)
-
-
-def ms(s: Stats) -> dict[str, float]:
-    """Median, p1 and p99 in milliseconds, and the count."""
-    return {"median": s.median * 1e3, "p1": s.p1 * 1e3, "p99": s.p99 * 1e3, "n": s.n}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +34,10 @@ def run_report(args: argparse.Namespace, command: str) -> None:
     models = dict(args.model)
     x = prepared(speech(args.speech or list(SPEECH), 30), 8)
     load = os.getloadavg()
-    sessions = {name: session(str(path)) for name, path in models.items()}
-    times = interleaved({name: run_ort(s, x[:1]) for name, s in sessions.items()}, args.seconds * len(models))
-    stats = {name: ms(Stats.of(t)) for name, t in times.items()}
+    stats = {
+        name: {k: v * 1e3 if k in ("median", "p1", "p99") else v for k, v in st.items() if k != "iqr_rel"}
+        for name, st in single_window(models, x, args.seconds * len(models)).items()
+    }
     first = next(iter(stats.values()))["median"]
     result = {
         "command": command,
