@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     val = EvalSet(
         *(np.concatenate([getattr(sets[n], f) for n in ("val", "val_channels")]) for f in ("x", "y", "corpus"))
     )
-    anger, term = parts(model, val.x)
-    calibration = platt(val.y, 1 / (1 + np.exp(-(anger + voice.weight * term))))
+    calibration = platt(val.y, predict(model, val.x, voice=voice))
     metrics = {
         **ckpt["metrics"],
         "calibration": calibration,
