@@ -42,6 +42,11 @@ class EvalSet:
     corpus: np.ndarray
 
 
+def joined(*sets: EvalSet) -> EvalSet:
+    """Several window sets as one."""
+    return EvalSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in ("x", "y", "corpus")))
+
+
 CHANNELS = tuple(name for name in channels.SUITE_NAMES if name != "clean")
 
 
@@ -102,7 +107,8 @@ def teacher_projection(batches: BalancedBatches, components: int, n: int = 40) -
     if components:
         e = t[:, k:] - mean[k:]
         _, s, v = torch.linalg.svd(e, full_matrices=False)
-        w[k:, k:] = v[:components].T / (s[:components, None].T / (len(e) - 1) ** 0.5).clamp_min(1e-6)
+        std = s[:components] / (len(e) - 1) ** 0.5  # of each principal component
+        w[k:, k:] = v[:components].T / std.clamp_min(1e-6)
     return mean.float(), w.float()
 
 
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.load_state_dict(best_state)
     calibration = None
     if val_channel is not None:
-        both = EvalSet(*(np.concatenate([getattr(val, f), getattr(val_channel, f)]) for f in ("x", "y", "corpus")))
+        both = joined(val, val_channel)
         calibration = platt(both.y, predict(model, both.x))
     else:
         both = val

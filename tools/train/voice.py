@@ -30,7 +30,7 @@ import torch
 from tools.train.export import load_checkpoint
 from tools.train.fcn import FCN, Voice, logit
 from tools.train.teacher import CLASSES, RAISED
-from tools.train.train import EvalSet, aurocs, eval_set, platt, predict, thresholds
+from tools.train.train import EvalSet, aurocs, eval_set, joined, platt, predict, thresholds
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 CHANNELS = tuple(2 + list(CLASSES.values()).index(name) for name in RAISED)
@@ -89,9 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = sweep(model, sets)
     best = max(rows, key=lambda r: r["objective"])
     voice = Voice(CHANNELS, best["weight"])
-    val = EvalSet(
-        *(np.concatenate([getattr(sets[n], f) for n in ("val", "val_channels")]) for f in ("x", "y", "corpus"))
-    )
+    val = joined(sets["val"], sets["val_channels"])
     calibration = platt(val.y, predict(model, val.x, voice=voice))
     metrics = {
         **ckpt["metrics"],
