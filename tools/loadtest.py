@@ -41,6 +41,7 @@ from websockets.uri import parse_uri
 from anger_stream import audio
 from anger_stream.detector import window_bounds
 from anger_stream.serve import audiosocket, mediastream
+from anger_stream.serve.hub import FINAL_STATES
 from tools.channels import mulaw_encode
 
 RATE = 8_000
@@ -167,7 +168,7 @@ class LoadTest:
                 call.windows += 1
                 last = min(round(msg["t_end"] * RATE) - 1, len(self.samples) - 1)  # last 8 kHz input sample
                 call.latencies.append(now - call.sent_at[last // FRAME])
-            elif msg["type"] == "status" and msg["state"] in ("end", "error", "interrupted"):
+            elif msg["type"] == "status" and msg["state"] in FINAL_STATES:
                 call.final = msg
                 ended += 1
 
