@@ -12,7 +12,9 @@ Flow control, for servers facing callers that send faster than real time:
   send at most `max_speed` times real time: `wait` says when the adapter should stop reading from it and
   when it may read again, so the sender's TCP window fills and the sender is paced;
 - the `StreamSet` scores at most `MAX_WINDOWS_PER_TICK` windows of one call per tick, so a call with a
-  backlog cannot make a tick long for the others;
+  backlog cannot make a tick long for the others, and `take` hands it at most `max_take_s` of a call's audio
+  beyond what the call's next window needs: a large read waits here, as bytes, instead of widening every
+  call's rows in the `StreamSet` (give it `held_s=config.window_s + MAX_TAKE_S`);
 - DTMF status lines are capped per call (`DTMF_BURST` plus `DTMF_PER_S` per second of audio); the final
   status counts the digits dropped (`dtmf_dropped`).
 """
@@ -37,6 +39,9 @@ MAX_SPEED = 2.0
 BURST_S = 10.0
 MAX_WINDOWS_PER_TICK = 2
 """Windows of one call scored per tick (give it to the StreamSet as `max_windows`)."""
+MAX_TAKE_S = 1.2
+"""Audio of a call handed to the scoring side per tick beyond what its next window needs: enough for the
+MAX_WINDOWS_PER_TICK windows after it at the default hop (0.6 s); more would only wait in the StreamSet."""
 DTMF_PER_S = 10.0
 DTMF_BURST = 20
 
@@ -54,6 +59,7 @@ class _Call:
     width: int = 2  # bytes per sample
     chunks: list[bytes] = field(default_factory=list)  # received, not yet handed to the scoring side
     received: int = 0  # input samples received
+    handed: int = 0  # input samples handed to the scoring side
     due_at: int = 0  # input samples at which the next unscored window is complete (as last reported)
     paced: float = 0.0  # input samples its pace allowed when last computed
     due_since: float = 0.0  # when its next unscored window became due (the `now` given to `receive`)
@@ -73,8 +79,14 @@ class _Call:
 class Calls:
     """The calls being served, by id: `open`, `receive`, `dtmf`, `end`; `take` and `settle` around scoring."""
 
-    def __init__(self, max_ahead_s: float = MAX_AHEAD_S, max_speed: float = MAX_SPEED, burst_s: float = BURST_S):
-        self.max_ahead_s, self.max_speed, self.burst_s = max_ahead_s, max_speed, burst_s
+    def __init__(
+        self,
+        max_ahead_s: float = MAX_AHEAD_S,
+        max_speed: float = MAX_SPEED,
+        burst_s: float = BURST_S,
+        max_take_s: float = MAX_TAKE_S,
+    ) -> None:
+        self.max_ahead_s, self.max_speed, self.burst_s, self.max_take_s = max_ahead_s, max_speed, burst_s, max_take_s
         self._calls: dict[str, _Call] = {}
         self._ready: dict[str, _Call] = {}  # calls with a window due or an end to report
         self._taken: tuple[Feed, ...] | None = None  # handed to the scoring side, not yet settled
@@ -177,10 +189,14 @@ class Calls:
             raise RuntimeError("the previous batch has not been settled")
         feeds = []
         for call in self._ready.values():
-            ending = call.ending is not None and not call.end_sent
+            data = b"".join(call.chunks)
+            room = call.due_at + round(self.max_take_s * call.sample_rate) - call.handed
+            data, rest = data[: max(room, 0) * call.width], data[max(room, 0) * call.width :]
+            call.chunks = [rest] if rest else []
+            call.handed += len(data) // call.width
+            ending = call.ending is not None and not call.end_sent and not rest
             call.end_sent |= ending
-            feeds.append(Feed(call.call_id, call.sample_rate, call.encoding, b"".join(call.chunks), ending))
-            call.chunks = []
+            feeds.append(Feed(call.call_id, call.sample_rate, call.encoding, data, ending))
         self._ready = {}
         self._taken = tuple(feeds)
         self._taken_ids = {f.stream_id for f in feeds}

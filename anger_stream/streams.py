@@ -64,9 +64,9 @@ def _grown(a: np.ndarray, n: int) -> np.ndarray:
 class _Lane:
     """The streams at one input rate other than 16 kHz: their input in rows, resampled together each tick."""
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, width: int) -> None:
         self.resampler = Resampler(rate, audio.SAMPLE_RATE)
-        self.rows = Rows(rate)  # about a second of input per stream before the rows are widened
+        self.rows = Rows(width)
         self.done = np.zeros(0, dtype=np.int64)  # outputs produced, per row
         self.slot = np.zeros(0, dtype=np.int64)  # the StreamSet slot of each row
         self.ended = np.zeros(0, dtype=bool)
@@ -108,7 +108,11 @@ class StreamSet:
     onnxruntime and numpy release the GIL, so two one-thread calls use two cores, which two intra-op threads
     on a small batch do not (docs/benchmarks.md). `max_windows`: at most this many windows of one stream per
     tick (the rest stay due for the next ticks), so a stream that sent a lot at once cannot make a tick long
-    for the others.
+    for the others. `held_s`: the most audio a stream will hold beyond the start of its next window, a push
+    included (a server that hands each stream a bounded amount per tick knows it): every stream's rows are
+    made wide enough for it plus a hop, so that they need not be widened, a copy of all streams' rows, while
+    streams are live; without it they start at the window and two hops (16 kHz) or a second (other rates),
+    and widths double as needed.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class StreamSet:
         max_batch: int = 4,
         workers: int = 2,
         max_windows: int | None = None,
+        held_s: float | None = None,
     ) -> None:
         self.model = model
         self.config = c = config or DetectorConfig()
@@ -125,7 +130,8 @@ class StreamSet:
         self.workers = workers
         self.max_windows = max_windows
         self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="anger-score") if workers > 1 else None
-        self._ring = Rows(c.window + 2 * c.hop)  # 16 kHz audio, a row (slot) per stream
+        self.held_s = held_s
+        self._ring = Rows(self._width(audio.SAMPLE_RATE))  # 16 kHz audio, a row (slot) per stream
         self._next = np.zeros(0, dtype=np.int64)  # absolute start of each slot's next window
         self._ended = np.zeros(0, dtype=bool)
         self._used = np.zeros(0, dtype=bool)
@@ -150,8 +156,16 @@ class StreamSet:
         self._trackers.reset(slot)
         self._slots[stream_id], self._ids[slot] = slot, stream_id
         if sample_rate != audio.SAMPLE_RATE:
-            lane = self._lanes.get(sample_rate) or self._lanes.setdefault(sample_rate, _Lane(sample_rate))
+            lane = self._lanes.get(sample_rate) or self._lanes.setdefault(
+                sample_rate, _Lane(sample_rate, self._width(sample_rate))
+            )
             self._lane_of[slot] = (lane, lane.open(slot))
+
+    def _width(self, rate: int) -> int:
+        """The first width of the rows of streams at `rate` (in samples at that rate)."""
+        if self.held_s is None:
+            return self.config.window + 2 * self.config.hop if rate == audio.SAMPLE_RATE else rate
+        return round((self.held_s + self.config.hop_s) * rate)
 
     def push(self, stream_id: Hashable, samples: np.ndarray) -> None:
         """Queue float samples in [-1, 1] (or integer PCM) for one stream. Non-finite samples count as silence

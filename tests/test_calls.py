@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from anger_stream import AngerDetector, Calls, StreamSet, Window, codec
-from anger_stream.calls import DTMF_BURST, DuplicateCall
+from anger_stream.calls import DTMF_BURST, MAX_TAKE_S, DuplicateCall
 from anger_stream.events import Status
 from tools.channels import mulaw_encode
 
@@ -76,6 +76,46 @@ def test_a_call_far_ahead_must_wait_and_is_scored_two_windows_per_tick(detector:
     calls.receive("fast", bytes(2 * 4000 * 5))  # 10.5 s of audio after 0 s: past the 10 s burst, at 2x
     assert calls.wait("fast", now=100.0) == pytest.approx(0.25)
     assert calls.wait("fast", now=100.25) == 0.0
+
+
+def test_a_large_read_waits_in_the_call_and_never_widens_the_rows(detector: AngerDetector) -> None:
+    """Audio beyond what a call's next windows need stays in the call: rows sized for that are never widened,
+    and the events are the single-stream detector's."""
+    c = detector.config
+    streams = StreamSet(detector.model, c, max_windows=2, held_s=c.window_s + MAX_TAKE_S)
+    calls = Calls(max_ahead_s=30.0)
+    widths = (streams._ring.buf.shape[1], round((c.window_s + MAX_TAKE_S + c.hop_s) * 8000))
+    x = (_signal(6, 9.0) * 32767).astype("<i2")
+    calls.open("big", 8000, "s16le", {}, now=0.0)
+    calls.receive("big", x[:64_000].tobytes())  # 8 s in one read
+    got, handed, rest = [], 0, x[64_000:].tobytes()
+    while calls.due:
+        feeds = calls.take()
+        handed += len(feeds[0].data) // 2
+        assert handed <= calls._calls["big"].due_at + MAX_TAKE_S * 8000
+        got += calls.settle(streams.run(feeds))
+        if handed == 64_000 and rest:
+            calls.receive("big", rest)
+            calls.end("big", "end")
+            rest = b""
+        assert (streams._ring.buf.shape[1], streams._lanes[8000].rows.buf.shape[1]) == widths
+    assert got[-1][1].state == "end" and len(streams) == 0
+    want = detector.feed(codec.decode(x.tobytes(), "s16le")) + detector.flush()
+    assert [e.to_dict() for _, e in got[:-1]] == [e.to_dict() for e in want]
+
+
+def test_rows_widen_for_more_than_they_were_sized_for(detector: AngerDetector) -> None:
+    """Without a bound (or past it) rows double, and a stream's events do not depend on it."""
+    c = detector.config
+    streams = StreamSet(detector.model, c, held_s=c.window_s)
+    before = streams._ring.buf.shape[1]
+    streams.add("a", 8000)
+    x = _signal(7, 6.0)
+    streams.push("a", x)
+    streams.end("a")
+    got = streams.tick()["a"]
+    assert streams._ring.buf.shape[1] >= 2 * before
+    assert [e.to_dict() for e in got] == [e.to_dict() for e in detector.feed(x) + detector.flush()]
 
 
 def test_dtmf_lines_are_capped_per_call() -> None:

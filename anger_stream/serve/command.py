@@ -127,7 +127,7 @@ def serve(
     """
     import asyncio
 
-    from ..calls import MAX_WINDOWS_PER_TICK, Calls
+    from ..calls import MAX_TAKE_S, MAX_WINDOWS_PER_TICK, Calls
     from ..model import AngerModel, ModelError
     from ..stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, StdoutClosed, emit_line, fail, require
     from ..streams import StreamSet
@@ -186,7 +186,14 @@ def serve(
     def work(worker: int | None, listen: list[Listen], scorer: AngerModel | None = None) -> None:
         """One server process; a forked worker loads its own model."""
         scorer = scorer or AngerModel(model, threads=1)
-        streams = StreamSet(scorer, config, max_batch=max_batch, workers=threads, max_windows=MAX_WINDOWS_PER_TICK)
+        streams = StreamSet(
+            scorer,
+            config,
+            max_batch=max_batch,
+            workers=threads,
+            max_windows=MAX_WINDOWS_PER_TICK,
+            held_s=config.window_s + MAX_TAKE_S,
+        )
         streams.warm_up()
         sink, on_tick = json_lines(emit_line, events_only), None
         if metrics_at is not None:
