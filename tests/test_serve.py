@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -229,6 +230,37 @@ def test_port_in_use_exits_3() -> None:
 def test_help_lists_serve() -> None:
     r = subprocess.run([CLI, "--help"], capture_output=True, text=True, timeout=60)
     assert "serve" in r.stdout and Path(CLI).exists()
+
+
+def test_loadtest_reads_the_servers_lines_while_its_ticks_are_late(
+    speech: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client behind its 20 ms ticks still yields on each, so the server's lines are read meanwhile (else
+    the server blocks writing them and the load test measures its own stall)."""
+    import types
+
+    import soundfile as sf
+
+    from tools import loadtest
+
+    sf.write(tmp_path / "call.wav", speech, 8000)
+    test = loadtest.LoadTest(loadtest.parse(["--file", str(tmp_path / "call.wav"), "--calls", "1", "--duration", "1"]))
+    clock = iter(range(10**6))
+    monkeypatch.setattr(loadtest, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))  # 1 s a read
+    monkeypatch.setattr(test, "send_frame", lambda call, k: None)
+    turns_while_streaming = []
+
+    async def reader(task: asyncio.Task) -> None:
+        while not task.done():
+            turns_while_streaming.append(True)
+            await asyncio.sleep(0)
+
+    async def both() -> None:
+        task = asyncio.ensure_future(test.stream())
+        await asyncio.gather(task, reader(task))
+
+    asyncio.run(both())
+    assert test.late_ticks == test.n_frames and len(turns_while_streaming) > test.n_frames // 2
 
 
 @pytest.mark.parametrize("protocol", ["audiosocket", "mediastream"])
