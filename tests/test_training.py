@@ -13,11 +13,12 @@ import torch
 
 from anger_stream import audio
 from tools.manifest import Clip
+from tools.train import prosody
 from tools.train.data import WINDOW, BalancedBatches, Track, augment_pair, crop_starts, fill_zeros
 from tools.train.fcn import AngerProbability, build, drop_extra_outputs, logit
 from tools.train.teacher import CLASSES as TEACHER_CLASSES
 from tools.train.teacher import Teacher
-from tools.train.train import main, platt, teacher_projection, thresholds
+from tools.train.train import main, platt, target_projection, thresholds
 from tools.train.window_cues import speech_share
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -195,7 +196,7 @@ def test_teacher_gives_raised_voice_logits_and_embedding() -> None:
     assert both[len(TEACHER_CLASSES) :].std() > 0  # a real embedding, not zeros
 
 
-def test_teacher_projection_z_scores_logits_and_whitens_embedding_components() -> None:
+def test_target_projection_z_scores_logits_and_whitens_embedding_components() -> None:
     yamnet = SHARED / "pretrained" / "yamnet" / "yamnet.tflite"
     if not yamnet.is_file():
         pytest.skip(f"YAMNet not found under {SHARED} (set ANGER_SHARED)")
@@ -207,7 +208,7 @@ def test_teacher_projection_z_scores_logits_and_whitens_embedding_components() -
         for x in [speech_like(rng, lead=0.0) * rng.uniform(0.2, 2.0)]
     ]
     batches = BalancedBatches(tracks, seed=0, augment=False, teacher=Teacher(yamnet, embedding=True))
-    mean, w = teacher_projection(batches, components=3, n=6)
+    mean, w = target_projection(batches, components=3, n=6)
     assert mean.shape == (len(TEACHER_CLASSES) + 1024,) and w.shape == (len(TEACHER_CLASSES) + 1024, 9)
     probe = BalancedBatches(tracks, seed=1000, teacher=batches.teacher)  # the projection's own probe
     t = torch.cat([b[2] for b, _ in zip(probe, range(6), strict=False)])
@@ -252,3 +253,66 @@ def test_teacher_run_gets_a_raised_voice_term_that_exports(tmp_path: Path) -> No
     with torch.no_grad():
         expected = AngerProbability(net, metrics["calibration"], term)(torch.from_numpy(x)).numpy()
     assert np.abs(model.predict(x) - expected).max() <= 1e-5
+
+
+def voiced_then_noise(f0: float = 150.0) -> np.ndarray:
+    """1.5 s of a harmonic voice-like tone at f0, then 1.5 s of quiet noise."""
+    t = np.arange(int(1.5 * audio.SAMPLE_RATE)) / audio.SAMPLE_RATE
+    tone = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 20)) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
+    noise = 0.01 * np.random.default_rng(5).normal(size=len(t))
+    return (0.1 * np.r_[tone, noise]).astype(np.float32)
+
+
+def test_prosodic_functionals_follow_pitch_shift_ignore_level_and_need_a_voice() -> None:
+    pytest.importorskip("opensmile", reason="needs opensmile (the train extra)")
+    x = voiced_then_noise()
+    lld = prosody.descriptors(x)
+    assert lld.shape == (pytest.approx(len(x) / prosody.HOP, abs=8), len(prosody.LLD))
+    voiced = prosody.functionals(lld, 0, 19_200)
+    names = dict(zip(prosody.FUNCTIONALS, voiced, strict=True))
+    assert names["f0_mean"] == pytest.approx(12 * np.log2(150 / 27.5), abs=0.5)
+    assert names["voiced_share"] > 0.8
+    shifted = prosody.functionals(lld, 0, 19_200, semitones=2.0)
+    assert shifted[0] == pytest.approx(voiced[0] + 2.0) and np.array_equal(shifted[1:], voiced[1:])
+    assert np.allclose(prosody.functionals(prosody.descriptors(0.05 * x), 0, 19_200), voiced, rtol=1e-3, atol=1e-3)
+    unvoiced = prosody.functionals(lld, 28_000, 19_200)  # noise only
+    assert np.isnan(unvoiced[:3]).all() and np.isnan(unvoiced[5:12]).all()
+    assert np.isfinite(unvoiced[[3, 4, 12]]).all() and unvoiced[12] < 0.2
+
+
+def test_target_projection_z_scores_prosodic_functionals_without_their_gaps() -> None:
+    pytest.importorskip("opensmile", reason="needs opensmile (the train extra)")
+    rng = np.random.default_rng(13)
+    tracks = []
+    for i in range(6):
+        x = np.roll(voiced_then_noise(110.0 + 20 * i), int(rng.integers(0, 16_000)))
+        if i < 2:  # one clip of each class with no voice at all
+            x = 0.1 * rng.normal(size=len(x)).astype(np.float32)
+        tracks.append(Track(Clip(Path(f"a{i}"), "a", "01", i % 2, 3.0), x, crop_starts(x), prosody.descriptors(x)))
+    batches = BalancedBatches(tracks, seed=0, augment=False)
+    mean, w = target_projection(batches, components=0, n=8)
+    assert w.shape == (len(prosody.FUNCTIONALS),) * 2
+    probe = BalancedBatches(tracks, seed=1000)  # the projection's own probe
+    t = torch.cat([b[2] for b, _ in zip(probe, range(8), strict=False)])
+    assert torch.isnan(t).any()  # the crops with no voice
+    missing = torch.isnan(t)
+    z = (torch.where(missing, mean, t) - mean) @ w  # as the training loss takes it
+    for column, gaps in zip(z.T, missing.T, strict=True):
+        assert torch.isfinite(column).all() and (column[gaps] == 0).all()
+        assert abs(float(column[~gaps].mean())) < 1e-3 and abs(float(column[~gaps].std()) - 1) < 1e-2
+
+
+@pytest.mark.shared
+def test_prosody_run_learns_functionals_that_are_dropped_at_export(tmp_path: Path) -> None:
+    from tools.train import export
+
+    pytest.importorskip("opensmile", reason="needs opensmile (the train extra)")
+    run = tmp_path / "run"
+    metrics = main(
+        ["--manifest", str(small_ravdess_manifest(tmp_path, "calm")), "--variant", "S", "--steps", "4"]
+        + ["--eval-every", "2", "--workers", "0", "--prosody", "--out", str(run)]
+    )
+    assert metrics["prosody"]["functionals"] == list(prosody.FUNCTIONALS)
+    assert all(np.isfinite(row["prosody_loss"]) and row["prosody_loss"] > 0 for row in metrics["history"])
+    net, _, term = export.load_checkpoint(run / "best.pt")
+    assert term is None and net.convs[-1].out_channels == 2

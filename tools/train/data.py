@@ -22,6 +22,7 @@ from anger_stream import audio
 from tools import channels
 from tools.evaluate.scoring import gated_segments
 from tools.manifest import Clip, load_manifest
+from tools.train import prosody
 from tools.train.teacher import Teacher
 
 SR = audio.SAMPLE_RATE
@@ -36,11 +37,26 @@ MARGIN = 1024
 
 @dataclass
 class Track:
-    """A decoded clip (float32, 16 kHz), its label and the valid crop starts (samples)."""
+    """A decoded clip (float32, 16 kHz), its label, the valid crop starts (samples) and, for prosodic targets,
+    its low-level descriptors (`tools.train.prosody.descriptors`)."""
 
     clip: Clip
     samples: np.ndarray
     starts: np.ndarray
+    descriptors: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One crop's augmentation: time stretch factor and pitch shift in semitones."""
+
+    stretch: float = 1.0
+    semitones: float = 0.0
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> Draw:
+        """Stretch U[0.9, 1.1], shift U[-5, 5] quarter-tones."""
+        return cls(rng.uniform(0.9, 1.1), rng.uniform(-5, 5) / 2)
 
 
 def decode(path: str | Path) -> np.ndarray:
@@ -108,9 +124,10 @@ def augment_pair(
     zero_noise: bool = False,
     channel_p: float = 0.0,
     babble_pool: np.ndarray | None = None,
+    draw: Draw | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(heard, clean): heard is a WINDOW crop at `start`, time-stretched U[0.9, 1.1], pitch-shifted U[-5, 5]
-    quarter-tones, with probability `channel_p` passed through a random recording channel
+    """(heard, clean): heard is a WINDOW crop at `start`, time-stretched and pitch-shifted by `draw` (a random
+    one if None), with probability `channel_p` passed through a random recording channel
     (`channels.random_channel`: tilt and EQ, band limits and codecs, rooms, noise and babble from
     `babble_pool`), plus Gaussian noise with sigma U[0, 0.005 * peak]; clean is the same crop before the
     channel and the added noise (what a teacher hears).
@@ -121,9 +138,8 @@ def augment_pair(
     With `zero_noise`, digital zeros of the segment (incl. padding past the clip) are first replaced by a
     noise floor (`fill_zeros`).
     """
-    stretch = rng.uniform(0.9, 1.1)
-    semitones = rng.uniform(-5, 5) / 2
-    shift = 2.0 ** (-semitones / 12)
+    draw = draw or Draw.random(rng)
+    stretch, shift = draw.stretch, 2.0 ** (-draw.semitones / 12)
     need = int(np.ceil(WINDOW * stretch)) + 2 * MARGIN
     seg = crop(x, start - MARGIN, need)
     if zero_noise:
@@ -144,23 +160,29 @@ def example(
     zero_noise: bool = False,
     channel_p: float = 0.0,
     babble_pool: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One prepared (normalised) training example from a random valid crop of the track, and the same
-    crop prepared before its channel (equal without augmentation)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One prepared (normalised) training example from a random valid crop of the track, the same crop
+    prepared before its channel (equal without augmentation) and, when the track has descriptors, the
+    crop's prosodic functionals (of the clip's samples it was cut from, before augmentation)."""
     start = int(rng.choice(track.starts))
+    draw = Draw.random(rng) if train else Draw()
     if train:
-        x, clean = augment_pair(track.samples, start, rng, zero_noise, channel_p, babble_pool)
-        return audio.prepare_window(x, WINDOW), audio.prepare_window(clean, WINDOW)
-    x = crop(track.samples, start)
-    if zero_noise:
-        x = fill_zeros(x, rng)
-    x = audio.prepare_window(x, WINDOW)
-    return x, x
+        x, clean = augment_pair(track.samples, start, rng, zero_noise, channel_p, babble_pool, draw)
+        x, clean = audio.prepare_window(x, WINDOW), audio.prepare_window(clean, WINDOW)
+    else:
+        x = crop(track.samples, start)
+        if zero_noise:
+            x = fill_zeros(x, rng)
+        x = clean = audio.prepare_window(x, WINDOW)
+    if track.descriptors is None:
+        return x, clean, None
+    return x, clean, prosody.functionals(track.descriptors, start, round(WINDOW * draw.stretch), draw.semitones)
 
 
 class BalancedBatches(torch.utils.data.IterableDataset):
-    """Endless minibatches (x, label) of `half` non-angry + `half` angry examples; with a `teacher`,
-    (x, label, teacher targets of each example before its channel).
+    """Endless minibatches (x, label) of `half` non-angry + `half` angry examples; with a `teacher` or
+    tracks with descriptors, (x, label, extra targets): the teacher's targets of each example before its
+    channel, then its prosodic functionals (NaN where undefined).
 
     Each angry/non-angry pair comes from one corpus drawn uniformly, so corpus identity (recording
     conditions, language) says nothing about the label; clips are drawn uniformly within corpus and class.
@@ -201,16 +223,18 @@ class BalancedBatches(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         while True:
             idx = self.indices(rng)
-            pairs = [
+            examples = [
                 example(self.tracks[i], rng, self.augment, self.zero_noise, self.channel_p, self.babble_pool)
                 for i in idx
             ]
-            x = torch.from_numpy(np.stack([heard for heard, _ in pairs]))
+            x = torch.from_numpy(np.stack([heard for heard, _, _ in examples]))
             y = torch.from_numpy(np.array([self.tracks[i].clip.anger for i in idx]))
-            if self.teacher is None:
-                yield x, y
-            else:
-                yield x, y, torch.from_numpy(np.stack([self.teacher.targets(clean) for _, clean in pairs]))
+            targets = []
+            if self.teacher is not None:
+                targets.append(np.stack([self.teacher.targets(clean) for _, clean, _ in examples]))
+            if examples[0][2] is not None:
+                targets.append(np.stack([functionals for _, _, functionals in examples]))
+            yield (x, y, torch.from_numpy(np.concatenate(targets, axis=1))) if targets else (x, y)
 
 
 def babble_pool(tracks: list[Track], seed: int, clips: int = 300) -> np.ndarray:

@@ -25,10 +25,11 @@ import torch
 from anger_stream import metrics
 from tools import channels
 from tools.manifest import load_manifest
+from tools.train import prosody
 from tools.train.data import MIN_ACTIVE, BalancedBatches, decode, load_tracks, windows
 from tools.train.fcn import FCN, AngerProbability, Voice, build, logit
 from tools.train.teacher import CLASSES as TEACHER_CLASSES
-from tools.train.teacher import Teacher
+from tools.train.teacher import EMBEDDING_SIZE, Teacher
 
 FPRS = ("0.01", "0.05", "0.10")
 
@@ -95,20 +96,28 @@ def aurocs(s: EvalSet, p: np.ndarray) -> dict[str, float]:
     return out
 
 
-def teacher_projection(batches: BalancedBatches, components: int, n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and projection W of the teacher's targets, from `n` batches of a separate seed: (t - mean) @ W
-    gives the logits z-scored and, with an embedding, its first `components` principal components whitened."""
+def target_projection(batches: BalancedBatches, components: int, n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and projection W of the extra targets (the teacher's, then the prosodic functionals), from `n`
+    batches of a separate seed: (t - mean) @ W gives the teacher's logits and the functionals z-scored and,
+    with an embedding, its first `components` principal components whitened. Undefined (NaN) functionals
+    are left out of the statistics; the training loss leaves them out too."""
     probe = BalancedBatches(batches.tracks, batches.seed + 1000, zero_noise=batches.zero_noise, teacher=batches.teacher)
     t = torch.cat([b[2] for b, _ in zip(probe, range(n), strict=False)]).double()
-    k = len(TEACHER_CLASSES)
-    mean = t.mean(dim=0)
-    w = torch.zeros(t.shape[1], k + components, dtype=torch.float64)
-    w[:k, :k] = torch.diag(1 / t[:, :k].std(dim=0).clamp_min(1e-3))
+    teacher = batches.teacher
+    k = len(TEACHER_CLASSES) if teacher else 0
+    e = EMBEDDING_SIZE if teacher and teacher.embedding else 0
+    mean = t.nanmean(dim=0)
+    std = torch.from_numpy(np.nanstd(t.numpy(), axis=0, ddof=1))
+    std = torch.where(std > 1e-12, std, 1.0)  # a constant target stays as it is (jitter is ~1e-4)
+    p = t.shape[1] - k - e
+    w = torch.zeros(t.shape[1], k + components + p, dtype=torch.float64)
+    w[:k, :k] = torch.diag(1 / std[:k])
+    w[k + e :, k + components :] = torch.diag(1 / std[k + e :])
     if components:
-        e = t[:, k:] - mean[k:]
-        _, s, v = torch.linalg.svd(e, full_matrices=False)
-        std = s[:components] / (len(e) - 1) ** 0.5  # of each principal component
-        w[k:, k:] = v[:components].T / std.clamp_min(1e-6)
+        centred = t[:, k : k + e] - mean[k : k + e]
+        _, s, v = torch.linalg.svd(centred, full_matrices=False)
+        spread = s[:components] / (len(centred) - 1) ** 0.5  # of each principal component
+        w[k : k + e, k : k + components] = v[:components].T / spread.clamp_min(1e-6)
     return mean.float(), w.float()
 
 
@@ -155,6 +164,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also learn the first K principal components of the teacher's embedding",
     )
     ap.add_argument(
+        "--prosody", action="store_true", help="also learn eGeMAPS-style functionals of each crop (tools.train.prosody)"
+    )
+    ap.add_argument("--prosody-weight", type=float, default=1.0, help="weight of the prosody loss")
+    ap.add_argument(
         "--select",
         choices=("clean", "channels"),
         default="clean",
@@ -171,24 +184,29 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     teacher = Teacher(args.teacher, embedding=args.teacher_embedding > 0) if args.teacher else None
-    extra = len(TEACHER_CLASSES) + args.teacher_embedding if teacher else 0
+    learnt = len(TEACHER_CLASSES) + args.teacher_embedding if teacher else 0  # teacher outputs
+    extra = learnt + (len(prosody.FUNCTIONALS) if args.prosody else 0)
     model = build(args.variant, args.pretrained, args.dropout, extra)
     val = eval_set(args.manifest, "val")
     val_channel = eval_set(args.manifest, "val", channel=True) if args.select == "channels" else None
+    tracks = load_tracks(args.manifest, "train", args.min_active)
+    if args.prosody:
+        for track, lld in zip(tracks, prosody.all_descriptors([t.samples for t in tracks]), strict=True):
+            track.descriptors = lld
     batches = BalancedBatches(
-        load_tracks(args.manifest, "train", args.min_active),
+        tracks,
         args.seed,
         zero_noise=args.zero_noise,
         channel_p=args.channels,
         teacher=teacher,
     )
-    projection = teacher_projection(batches, args.teacher_embedding) if teacher else None
+    projection = target_projection(batches, args.teacher_embedding) if extra else None
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0
     )
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     history, best, best_state = [], None, None
-    wait = compute = loss_sum = 0.0
+    wait = compute = loss_sum = prosody_sum = 0.0
     it = iter(loader)
     model.train()
     for step in range(1, args.steps + 1):
@@ -198,8 +216,16 @@ def main(argv: list[str] | None = None) -> dict:
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits[:, :2], y[:, None].expand(-1, logits.shape[-1]))
         if targets:
-            z = (targets[0] - projection[0]) @ projection[1]
-            loss = loss + args.teacher_weight * torch.nn.functional.mse_loss(logits[:, 2:].mean(dim=-1), z)
+            missing = torch.isnan(targets[0])
+            z = (torch.where(missing, projection[0], targets[0]) - projection[0]) @ projection[1]
+            out = logits[:, 2:].mean(dim=-1)
+            if teacher:
+                loss = loss + args.teacher_weight * torch.nn.functional.mse_loss(out[:, :learnt], z[:, :learnt])
+            if args.prosody:
+                known = ~missing[:, -len(prosody.FUNCTIONALS) :]
+                prosody_loss = torch.square(out[:, learnt:] - z[:, learnt:])[known].mean()
+                loss = loss + args.prosody_weight * prosody_loss
+                prosody_sum += prosody_loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -211,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
             row = {
                 "step": step,
                 "loss": loss_sum / n,
+                "prosody_loss": prosody_sum / n,
                 "data_ms": 1e3 * wait / n,
                 "step_ms": 1e3 * compute / n,
             }
@@ -220,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row.update({f"valch_{k}": v for k, v in aurocs(val_channel, predict(model, val_channel.x)).items()})
                 row["score"] = (row["val_mean"] + row["valch_mean"]) / 2
             history.append(row)
-            wait = compute = loss_sum = 0.0
+            wait = compute = loss_sum = prosody_sum = 0.0
             if best is None or row["score"] > best["score"]:
                 best = row
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -267,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
             "embedding_components": args.teacher_embedding,
             "weight": args.teacher_weight,
         },
+        "prosody": args.prosody and {"functionals": list(prosody.FUNCTIONALS), "weight": args.prosody_weight},
         "select": args.select,
         "calibration": calibration,
         "best_step": best["step"],

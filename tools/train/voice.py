@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, required=True, help="checkpoint with the raised-voice term")
     args = ap.parse_args(argv)
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    if ckpt.get("extra", 0) < len(CLASSES):
+    if not ckpt["metrics"].get("teacher"):
         raise SystemExit(f"error: {args.checkpoint} was not trained with --teacher (no raised-voice outputs)")
     model = load_checkpoint(args.checkpoint, keep=len(CLASSES))[0]
     sets = {
