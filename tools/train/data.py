@@ -19,6 +19,7 @@ import soundfile as sf
 import torch
 
 from anger_stream import audio
+from anger_stream.config import DetectorConfig
 from tools import channels
 from tools.evaluate.scoring import gated_segments
 from tools.manifest import Clip, load_manifest
@@ -27,7 +28,7 @@ from tools.train.teacher import Teacher
 
 SR = audio.SAMPLE_RATE
 WINDOW, HOP = audio.WINDOW, audio.HOP
-MIN_AUDIO = round(audio.MIN_AUDIO_S * SR)
+MIN_AUDIO = DetectorConfig().min_audio
 FRAME = SR // 100
 ACTIVE_DB = 40.0
 MIN_ACTIVE = 0.6

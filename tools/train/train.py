@@ -137,7 +137,7 @@ def thresholds(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.train", description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", action="append", required=True, help="training corpus manifest.csv")
     ap.add_argument("--dev", action="append", default=[], help="extra corpus scored at the end (EmoDB)")
     ap.add_argument("--variant", default="T3")
