@@ -7,9 +7,10 @@
     python -m tools.train.window_cues --manifest MANIFEST ... [--model M.onnx ...]
 
 `fcn` is the network and its variants, `data` the crops, augmentation and balanced batches, `teacher` the
-optional YAMNet teacher, `train` the run (`python -m tools.train`), `voice` the raised-voice term of a
-teacher-trained network, `export` the ONNX graph with its metadata, `quantize` the int8 model gated on
-AUROC (`tools.evaluate`), `window_cues` the AUROC of simple cues in the corpora's windows. Corpus manifests
+optional YAMNet teacher, `prosody` the optional eGeMAPS-style prosodic targets, `train` the run
+(`python -m tools.train`), `voice` the raised-voice term of a teacher-trained network, `export` the ONNX
+graph with its metadata, `quantize` the int8 model gated on AUROC (`tools.evaluate`), `window_cues` the
+AUROC of simple cues in the corpora's windows. Corpus manifests
 and splits are `tools.manifest`, the recording channels `tools.channels` (both shared with evaluation).
 `make model` runs the shipped recipe; docs/model-training.md has the runs behind it.
 """
