@@ -166,11 +166,12 @@ def example(
     prepared before its channel (equal without augmentation) and, when the track has descriptors, the
     crop's prosodic functionals (of the clip's samples it was cut from, before augmentation)."""
     start = int(rng.choice(track.starts))
-    draw = Draw.random(rng) if train else Draw()
     if train:
+        draw = Draw.random(rng)
         x, clean = augment_pair(track.samples, start, rng, zero_noise, channel_p, babble_pool, draw)
         x, clean = audio.prepare_window(x, WINDOW), audio.prepare_window(clean, WINDOW)
     else:
+        draw = Draw()
         x = crop(track.samples, start)
         if zero_noise:
             x = fill_zeros(x, rng)
