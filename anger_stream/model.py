@@ -40,7 +40,8 @@ class AngerModel:
     """An onnxruntime session around the exported network.
 
     Input `audio`: float32 [batch, samples], windows already prepared by `audio.prepare_window`.
-    Output `p`: float32 [batch], p(anger) per window.
+    Output `p`: float32 [batch], p(anger) per window; optional output `raised`: float32 [batch], the probability
+    of a raised voice (two-branch models; `has_raised`).
     """
 
     def __init__(self, path: str | Path | None = None, threads: int = 1) -> None:
@@ -61,6 +62,8 @@ class AngerModel:
         if len(inputs) != 1 or len(inputs[0].shape) != 2:
             raise ModelError(f"{self.path} is not an anger model (expects one [batch, samples] input)")
         self.input_name = inputs[0].name
+        self.has_raised = "raised" in [o.name for o in self.session.get_outputs()]
+        self._outputs = ["p", "raised"] if self.has_raised else [self.session.get_outputs()[0].name]
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         try:
             self.predict(np.zeros((2, PROBE_SAMPLES), dtype=np.float32))
@@ -75,15 +78,27 @@ class AngerModel:
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """p(anger) for a [batch, samples] array of prepared windows."""
+        return self.score(windows)[0]
+
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p(anger), p(raised voice)) for a [batch, samples] array of prepared windows; the second is NaN
+        throughout for a model without a `raised` output."""
         windows = np.ascontiguousarray(windows, dtype=np.float32)
         if len(windows) == 0:
-            return np.zeros(0, dtype=np.float32)
-        p, *_ = self.session.run(None, {self.input_name: windows})
-        p = np.asarray(p)
-        if p.size != len(windows):
-            raise ModelError(f"the model gave {p.size} outputs for {len(windows)} windows (one p per window expected)")
-        p = p.reshape(-1)
-        if not (np.isfinite(p).all() and p.min() >= 0.0 and p.max() <= 1.0):
-            bad = p[~(np.isfinite(p) & (p >= 0.0) & (p <= 1.0))][0]
-            raise ModelError(f"the model gave {float(bad):.4g} for a window, not a probability in [0, 1]")
-        return p
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
+        outputs = [_probabilities(o, len(windows)) for o in self.session.run(self._outputs, {self.input_name: windows})]
+        if not self.has_raised:
+            outputs.append(np.full(len(windows), np.nan, dtype=np.float32))
+        return outputs[0], outputs[1]
+
+
+def _probabilities(out: object, n: int) -> np.ndarray:
+    """One output of the model checked: one finite probability per window, or ModelError."""
+    p = np.asarray(out)
+    if p.size != n:
+        raise ModelError(f"the model gave {p.size} outputs for {n} windows (one p per window expected)")
+    p = p.reshape(-1)
+    if not (np.isfinite(p).all() and p.min() >= 0.0 and p.max() <= 1.0):
+        bad = p[~(np.isfinite(p) & (p >= 0.0) & (p <= 1.0))][0]
+        raise ModelError(f"the model gave {float(bad):.4g} for a window, not a probability in [0, 1]")
+    return p
