@@ -1,4 +1,10 @@
-"""anger-stream: real-time anger detection in speech."""
+"""anger-stream: real-time anger detection in speech.
+
+The Python API: `AngerDetector` scores audio (`feed` chunks of a stream, or `score` / `analyse` a whole
+recording) and gives `Window`, `AngerStart` and `AngerEnd` events; `StreamSet` and `Calls` score many streams
+(calls) in one batched model call. The README's "Python API" section has runnable examples; the command line
+is `anger-stream` (or `python -m anger_stream`).
+"""
 
 from .calls import Calls
 from .detector import AngerDetector, DetectorConfig

@@ -358,14 +358,19 @@ def progress_bar(total: int, label: str = "batch") -> Iterator[Callable[[float],
 
 def batch(
     paths: Annotated[
-        list[str], typer.Argument(help="Audio files, folders (searched recursively) or quoted glob patterns.")
+        list[str],
+        typer.Argument(metavar="PATH", help="Audio files, folders (searched recursively) or quoted glob patterns."),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results: one JSON line per recording.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="Results: one JSON line per recording.")],
     scheduler: Annotated[
-        str | None, typer.Option(help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local one).")
+        str | None,
+        typer.Option(
+            metavar="ADDRESS", help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786. [default: a local one]"
+        ),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help=f"Worker processes of the local cluster (default: {DEFAULT_WORKERS}).")
+        int | None,
+        typer.Option(min=1, metavar="N", help=f"Worker processes of the local cluster. [default: {DEFAULT_WORKERS}]"),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip recordings already in --out; append.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
@@ -377,12 +382,17 @@ def batch(
     config_file: options.ConfigFile = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")] = False,
     timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds a worker may spend on one file before it gets an error line.")
+        float,
+        typer.Option(
+            min=0.001, metavar="SECONDS", help="Seconds a worker may spend on one file before it gets an error line."
+        ),
     ] = DEFAULT_TIMEOUT,
     channel_mode: Annotated[
         str,
         typer.Option(
-            "--channels", help="mix: score the channels averaged; split: each channel as its own stream (calls)."
+            "--channels",
+            metavar="MODE",
+            help="mix: score the channels averaged; split: each channel as its own stream (calls).",
         ),
     ] = "mix",
 ) -> None:

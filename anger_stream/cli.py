@@ -49,14 +49,15 @@ RAW_FORMATS = ("s16le", "f32le", "mulaw", "alaw")
 DEFAULT_FORMAT, DEFAULT_RATE = "s16le", 16000
 
 app = typer.Typer(
+    cls=options.Group,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 for command in (batch, report, serve):
-    app.command()(command)
-app.command("calibrate")(calibrate_command)
+    app.command(cls=options.Command)(command)
+app.command("calibrate", cls=options.Command)(calibrate_command)
 
 
 class Stop(Exception):
@@ -196,6 +197,7 @@ def detect(
         typer.Option(
             "--channels",
             metavar="MODE",
+            show_default=False,
             help="--input files: mix averages the channels; split scores each as its own stream (lines get "
             '"channel"). [default: mix]',
         ),
@@ -214,7 +216,7 @@ def detect(
     hop as JSON lines on stdout, with a live meter on stderr.
 
     Commands (anger-stream COMMAND -h for their options): serve for phone calls, batch for archives of
-    recordings, report for one recording's timeline.
+    recordings, report for one recording's timeline, calibrate to choose the threshold on your own audio.
     """
     if ctx.invoked_subcommand is not None:
         _refuse_options_before(ctx)

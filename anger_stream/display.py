@@ -11,6 +11,8 @@ from rich.text import Text
 from .events import AngerStart, Event, Status, Window
 
 BAR = 40
+ENDED = {"end": "ended", "interrupted": "stopped"}
+"""Final status states and the meter's label for them."""
 
 
 class Meter:
@@ -75,6 +77,8 @@ class Meter:
         state = Text(" ANGRY ", style="bold white on red") if self.angry else Text(" calm ", style="black on green")
         if w is not None and w.silent and not self.angry:
             state = Text(" silent ", style="black on grey70")
+        if self.note in ENDED:  # the input is over: no state to show beside the last window's p
+            state = Text(f" {ENDED[self.note]} ", style="black on grey70")
         level = "  -  " if w is None else f"{w.dbfs:6.1f} dBFS"
         t = 0.0 if w is None else w.t_end
         info = Text(

@@ -13,12 +13,47 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .detector import DetectorConfig
 from .model import PACKAGED_MODELS
 from .stdio import EXIT_USAGE, fail
 
 DEFAULTS = DetectorConfig()
+
+
+def _readable(params: list[Any]) -> None:
+    """Help that reads like the README: an argument shows its metavar alone (PATH...), not a Python type, and
+    a bounded number says its bounds in words."""
+    for param in params:
+        if isinstance(param, TyperArgument):
+            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+            shown = f"{param.metavar or param.name.upper()}{'...' if param.nargs != 1 else ''}"
+            param._rich_display_name = lambda shown=shown: shown  # type: ignore[method-assign]
+        elif isinstance(param, TyperOption) and (param.min is not None or param.max is not None):
+            low, high = param.min, param.max
+            bounds = f"{low} or more" if high is None else f"{low} to {high}" if low is not None else f"up to {high}"
+            param._get_number_range_help_str = lambda bounds=bounds: bounds  # type: ignore[method-assign]
+
+
+class Command(TyperCommand):
+    """A command whose help shows PATH... and N, not `{paths}...`, `<list[str]>` or `<int range>`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _readable(self.params)
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return [piece.replace("{", "").replace("}", "") for piece in super().collect_usage_pieces(ctx)]
+
+
+class Group(TyperGroup):
+    """The top-level command, with the same readable help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _readable(self.params)
+
 
 Threshold = Annotated[
     float | None,

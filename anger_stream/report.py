@@ -154,9 +154,11 @@ def find_record(results: Path, wanted: str) -> dict[str, Any]:
 
 
 def report(
-    source: Annotated[Path, typer.Argument(help="A recording, or batch results (.jsonl) with --path.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
-    path: Annotated[str | None, typer.Option(help="With batch results: the recording to draw (path or name).")] = None,
+    source: Annotated[Path, typer.Argument(metavar="FILE", help="A recording, or batch results (.jsonl) with --path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.png", help="PNG file to write.")],
+    path: Annotated[
+        str | None, typer.Option(metavar="PATH", help="With batch results: the recording to draw (path or name).")
+    ] = None,
     threshold: options.Threshold = None,
     model: options.Model = None,
     min_dbfs: options.MinDbfs = None,
@@ -165,7 +167,11 @@ def report(
     config_file: options.ConfigFile = None,
     channel_mode: Annotated[
         str | None,
-        typer.Option("--channels", help="mix: the channels averaged (default); split: one lane per channel (calls)."),
+        typer.Option(
+            "--channels",
+            metavar="MODE",
+            help="mix: the channels averaged (default); split: one lane per channel (calls).",
+        ),
     ] = None,
 ) -> None:
     """Draw one recording's timeline (level, p(anger), threshold, anger segments) as a PNG.

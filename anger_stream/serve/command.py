@@ -46,11 +46,16 @@ def parse_address(value: str, option: str) -> tuple[str, int]:
 def serve(
     audiosocket: Annotated[
         str | None,
-        typer.Option(help=f"Serve Asterisk AudioSocket on HOST:PORT (e.g. {DEFAULT_AUDIOSOCKET}; port 0: any)."),
+        typer.Option(
+            metavar="HOST:PORT",
+            help=f"Serve Asterisk AudioSocket on HOST:PORT (e.g. {DEFAULT_AUDIOSOCKET}; port 0: any).",
+        ),
     ] = None,
     mediastream: Annotated[
         str | None,
-        typer.Option(help=f"Serve Media Streams WebSockets on HOST:PORT (e.g. {DEFAULT_MEDIASTREAM})."),
+        typer.Option(
+            metavar="HOST:PORT", help=f"Serve Media Streams WebSockets on HOST:PORT (e.g. {DEFAULT_MEDIASTREAM})."
+        ),
     ] = None,
     threshold: options.Threshold = None,
     model: options.Model = None,
@@ -60,17 +65,20 @@ def serve(
     config_file: options.ConfigFile = None,
     events_only: options.EventsOnly = False,
     read_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Close a call that sends nothing for this many seconds.")
+        float, typer.Option(min=0.1, metavar="SECONDS", help="Close a call that sends nothing for this many seconds.")
     ] = 10.0,
     marks: Annotated[
         bool, typer.Option("--marks", help="Media Streams: send a mark per anger event (bidirectional streams).")
     ] = False,
-    threads: Annotated[int, typer.Option(min=1, help="Concurrent scoring threads per tick.")] = min(
+    threads: Annotated[int, typer.Option(min=1, metavar="N", help="Concurrent scoring threads per tick.")] = min(
         2, os.cpu_count() or 1
     ),
-    max_batch: Annotated[int, typer.Option(min=1, help="Most windows per model call.")] = 32,
+    max_batch: Annotated[int, typer.Option(min=1, metavar="N", help="Most windows per model call.")] = 32,
     workers: Annotated[
-        int, typer.Option(min=1, max=64, help="Server processes sharing the ports (one per core holds the most calls).")
+        int,
+        typer.Option(
+            min=1, max=64, metavar="N", help="Server processes sharing the ports (one per core holds the most calls)."
+        ),
     ] = 1,
     token: Annotated[
         str | None,
