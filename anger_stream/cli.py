@@ -23,7 +23,7 @@ from .detector import AngerDetector, check_rate
 from .events import Counts, Event, Status, Window, to_json
 from .model import ModelError
 from .report import report
-from .serve.command import serve
+from .serve.command import ENV_PREFIX, serve
 from .sources import DeviceError, InputError
 from .stdio import (
     EXIT_DEVICE,
@@ -55,8 +55,9 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (batch, report, serve):
+for command in (batch, report):
     app.command(cls=options.Command)(command)
+app.command(cls=options.Command, context_settings={"auto_envvar_prefix": ENV_PREFIX})(serve)
 app.command("calibrate", cls=options.Command)(calibrate_command)
 
 

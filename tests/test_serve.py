@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import time
@@ -219,6 +220,21 @@ def test_usage_errors(args: list[str], code: int, message: str) -> None:
     r = subprocess.run([CLI, "serve", *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == code, r.stderr
     assert message in " ".join(r.stderr.split()) and "Traceback" not in r.stderr
+
+
+def test_options_from_the_environment(speech: np.ndarray, tmp_path: Path) -> None:
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"threshold": 0}')
+    env = {"ANGER_STREAM_SERVE_CONFIG": str(settings), "ANGER_STREAM_SERVE_EVENTS_ONLY": "true"}
+    srv = ServeProcess(env=env)
+    try:
+        events = srv.call_events(audiosocket_call(srv.ports["audiosocket"], speech))
+    finally:
+        assert srv.stop() == 0
+    assert [e["type"] for e in events] == ["anger_start", "anger_end", "status"]  # threshold 0, no window lines
+    bad = subprocess.run([CLI, "serve"], env={**os.environ, "ANGER_STREAM_SERVE_WORKERS": "two"}, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "'--workers'" in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
 
 
 def test_port_in_use_exits_3() -> None:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 DEFAULT_AUDIOSOCKET = "127.0.0.1:9092"
 DEFAULT_MEDIASTREAM = "127.0.0.1:8765"
+ENV_PREFIX = "ANGER_STREAM_SERVE"
+"""Every option of `serve` can also come from the environment, as ENV_PREFIX_<OPTION> (containers)."""
 
 
 def json_lines(write: Callable[[str], None], events_only: bool) -> Sink:
@@ -62,7 +64,7 @@ def serve(
     min_dbfs: options.MinDbfs = None,
     patience: options.Patience = None,
     hysteresis: options.Hysteresis = None,
-    config_file: options.ConfigFile = None,
+    config: options.ConfigFile = None,
     events_only: options.EventsOnly = False,
     read_timeout: Annotated[
         float, typer.Option(min=0.1, metavar="SECONDS", help="Close a call that sends nothing for this many seconds.")
@@ -131,7 +133,9 @@ def serve(
     """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.
 
     Listens on 127.0.0.1 unless told otherwise; beyond it, see --allow, --token, --twilio-auth-token and
-    --tls-cert. Exit codes as for detection; 3: cannot listen.
+    --tls-cert. Every option can also be set in the environment as ANGER_STREAM_SERVE_<OPTION> (e.g.
+    ANGER_STREAM_SERVE_AUDIOSOCKET=0.0.0.0:9092); the command line wins. Exit codes as for detection; 3: cannot
+    listen.
     """
     import asyncio
 
@@ -176,9 +180,9 @@ def serve(
         metrics_at = parse_address(metrics, "--metrics")
     dashboard_at = parse_address(dashboard, "--dashboard") if dashboard is not None else None
     settings = options.detector_settings(
-        config_file, threshold=threshold, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis
+        config, threshold=threshold, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis
     )
-    config, model = settings.config, settings.model
+    detector_config, model = settings.config, settings.model
     for spec in listen:
         if warning := exposure_warning(spec.protocol, spec.host, spec.port, policy, spec.tls is not None):
             log(warning)
@@ -196,11 +200,11 @@ def serve(
         scorer = scorer or AngerModel(model, threads=1)
         streams = StreamSet(
             scorer,
-            config,
+            detector_config,
             max_batch=max_batch,
             workers=threads,
             max_windows=MAX_WINDOWS_PER_TICK,
-            held_s=config.window_s + MAX_TAKE_S,
+            held_s=detector_config.window_s + MAX_TAKE_S,
         )
         streams.warm_up()
         sink, on_tick = json_lines(emit_line, events_only), None
@@ -227,7 +231,7 @@ def serve(
             if metrics_at is not None:
                 stack.enter_context(_metrics_endpoint(*metrics_at))
             if dashboard_at is not None:
-                snapshots = stack.enter_context(_dashboard(*dashboard_at, workers, token, config.threshold))
+                snapshots = stack.enter_context(_dashboard(*dashboard_at, workers, token, detector_config.threshold))
         if workers == 1:
             work(None, listen, loaded)
             return
