@@ -46,6 +46,26 @@ DTMF_PER_S = 10.0
 DTMF_BURST = 20
 
 
+class ChannelId(str):
+    """The id of one channel of a multi-channel call, scored as a stream of its own: the string "<call>#<channel>"
+    (unique among the calls), which also knows its parts, so each of its lines carries "call" and "channel"."""
+
+    call: str
+    channel: int
+
+    def __new__(cls, call: str, channel: int) -> ChannelId:
+        self = super().__new__(cls, f"{call}#{channel}")
+        self.call, self.channel = call, channel
+        return self
+
+
+def line_fields(call_id: str) -> dict[str, Any]:
+    """The fields naming a call in its lines: {"call": id}, or, for one channel of a call, "call" and "channel"."""
+    if isinstance(call_id, ChannelId):
+        return {"call": call_id.call, "channel": call_id.channel}
+    return {"call": call_id}
+
+
 class DuplicateCall(Exception):
     """A call id that is already being served."""
 

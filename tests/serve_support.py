@@ -229,3 +229,27 @@ def mulaw_roundtrip(samples: np.ndarray) -> np.ndarray:
     from anger_stream.codec import decode
 
     return decode(mulaw_encode(samples.astype(np.float32) / 32768.0), "mulaw")
+
+
+def websocket_pcm_call(
+    port: int,
+    samples: np.ndarray,
+    metadata: str,
+    frame: int = 320,
+    tls: ssl.SSLContext | None = None,
+    path: str = "/",
+    subprotocols: list[str] | None = None,
+    texts: dict[int, str] | None = None,
+) -> None:
+    """A whole L16-over-WebSocket call, as fast as the socket takes it: the `metadata` text message, then
+    `samples` (int16, (frames,) or (frames, channels)) in binary messages of `frame` sample frames, each of the
+    `texts` before the message of its index; ends with a normal close."""
+    from websockets.sync.client import connect
+
+    data = np.ascontiguousarray(samples, dtype="<i2")
+    with connect(f"{'wss' if tls else 'ws'}://127.0.0.1:{port}{path}", ssl=tls, subprotocols=subprotocols) as ws:
+        ws.send(metadata)
+        for n, i in enumerate(range(0, len(data), frame)):
+            if texts and n in texts:
+                ws.send(texts[n])
+            ws.send(data[i : i + frame].tobytes())

@@ -229,7 +229,7 @@ def test_exposed_listeners_are_warned_about_loudly() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--audiosocket", "127.0.0.1:0", "--tls-cert", "cert.pem"], "apply to --mediastream only"),
+        (["--audiosocket", "127.0.0.1:0", "--tls-cert", "cert.pem"], "apply to the WebSocket listeners only"),
         (["--mediastream", "127.0.0.1:0", "--tls-key", "key.pem"], "--tls-key needs --tls-cert"),
         (["--mediastream", "127.0.0.1:0", "--tls-cert", "/nonexistent.pem"], "TLS certificate file not found"),
         (["--mediastream", "127.0.0.1:0", "--token", "short"], "at least 16 characters"),

@@ -21,17 +21,19 @@ if TYPE_CHECKING:
 
 DEFAULT_AUDIOSOCKET = "127.0.0.1:9092"
 DEFAULT_MEDIASTREAM = "127.0.0.1:8765"
+DEFAULT_WEBSOCKET_PCM = "127.0.0.1:8766"
 ENV_PREFIX = "ANGER_STREAM_SERVE"
 """Every option of `serve` can also come from the environment, as ENV_PREFIX_<OPTION> (containers)."""
 
 
 def json_lines(write: Callable[[str], None], events_only: bool) -> Sink:
     """The sink of `serve`: each event as one JSON line (the call id first), window lines left out if asked."""
+    from ..calls import line_fields
 
     def sink(events: list[tuple[str | None, Event]]) -> None:
         for call_id, event in events:
             if not (events_only and isinstance(event, Window)):
-                write(to_json(event) if call_id is None else to_json(event, call=call_id))
+                write(to_json(event) if call_id is None else to_json(event, **line_fields(call_id)))
 
     return sink
 
@@ -57,6 +59,15 @@ def serve(
         str | None,
         typer.Option(
             metavar="HOST:PORT", help=f"Serve Media Streams WebSockets on HOST:PORT (e.g. {DEFAULT_MEDIASTREAM})."
+        ),
+    ] = None,
+    websocket_pcm: Annotated[
+        str | None,
+        typer.Option(
+            "--websocket-pcm",
+            metavar="HOST:PORT",
+            help=f"Serve L16 audio over WebSocket (FreeSWITCH mod_audio_fork, Jambonz listen, Vonage) on HOST:PORT "
+            f"(e.g. {DEFAULT_WEBSOCKET_PCM}).",
         ),
     ] = None,
     threshold: options.Threshold = None,
@@ -87,7 +98,7 @@ def serve(
         typer.Option(
             envvar=TOKEN_ENV,
             metavar="TOKEN",
-            help="Media Streams: admit only upgrades presenting this secret (Authorization: Bearer, or ?token=). "
+            help="WebSockets: admit only upgrades presenting this secret (Authorization: Bearer, or ?token=). "
             "Better in the environment variable: a command line is visible to other users.",
         ),
     ] = None,
@@ -101,7 +112,7 @@ def serve(
         ),
     ] = None,
     tls_cert: Annotated[
-        Path | None, typer.Option(metavar="PEM", help="Media Streams: serve wss:// with this certificate (chain).")
+        Path | None, typer.Option(metavar="PEM", help="WebSockets: serve wss:// with this certificate (chain).")
     ] = None,
     tls_key: Annotated[
         Path | None, typer.Option(metavar="PEM", help="Its private key (default: in the --tls-cert file).")
@@ -130,7 +141,7 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve phone calls (Asterisk AudioSocket, Media Streams WebSocket): JSON lines with the call id on stdout.
+    """Serve phone calls (Asterisk AudioSocket, Media Streams, L16 WebSocket): JSON lines with the call id on stdout.
 
     Listens on 127.0.0.1 unless told otherwise; beyond it, see --allow, --token, --twilio-auth-token and
     --tls-cert. Every option can also be set in the environment as ANGER_STREAM_SERVE_<OPTION> (e.g.
@@ -151,14 +162,14 @@ def serve(
     from .workers import bind
     from .workers import run as run_workers
 
-    if audiosocket is None and mediastream is None:
+    if audiosocket is None and mediastream is None and websocket_pcm is None:
         raise typer.BadParameter(
-            f"give --audiosocket HOST:PORT and/or --mediastream HOST:PORT "
-            f"(e.g. {DEFAULT_AUDIOSOCKET}, {DEFAULT_MEDIASTREAM})"
+            f"give --audiosocket HOST:PORT, --mediastream HOST:PORT and/or --websocket-pcm HOST:PORT "
+            f"(e.g. {DEFAULT_AUDIOSOCKET}, {DEFAULT_MEDIASTREAM}, {DEFAULT_WEBSOCKET_PCM})"
         )
-    if mediastream is None and (tls_cert or tls_key):
-        fail("--tls-cert/--tls-key apply to --mediastream only (AudioSocket has no TLS: restrict it with --allow)",
-             EXIT_USAGE)  # fmt: skip
+    if mediastream is None and websocket_pcm is None and (tls_cert or tls_key):
+        fail("--tls-cert/--tls-key apply to the WebSocket listeners only (AudioSocket has no TLS: restrict it with "
+             "--allow)", EXIT_USAGE)  # fmt: skip
     if tls_key is not None and tls_cert is None:
         fail("--tls-key needs --tls-cert", EXIT_USAGE)
     try:
@@ -174,6 +185,11 @@ def serve(
         from .mediastream_connection import MediaStreamConnection
 
         listen.append(Listen(MediaStreamConnection, *parse_address(mediastream, "--mediastream"), tls=tls))
+    if websocket_pcm is not None:
+        require("websockets", "serve", "--websocket-pcm")
+        from .websocket_pcm_connection import WebSocketPcmConnection
+
+        listen.append(Listen(WebSocketPcmConnection, *parse_address(websocket_pcm, "--websocket-pcm"), tls=tls))
     metrics_at = None
     if metrics is not None:
         require("prometheus_client", "metrics", "--metrics")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..calls import DuplicateCall
+from ..calls import ChannelId, DuplicateCall
 from ..events import Event, Status
 from .hub import Hub, log
 from .security import Policy
@@ -56,8 +56,9 @@ class CallConnection(asyncio.Protocol):
     """One connection carrying one call. Subclasses parse their protocol in `_feed` and `_work`.
 
     The call's life: `name` (the protocol named the call), `open` (its audio format is known), `push`
-    audio, `end` or `fail`. `hold`/`release` pause reading for a reason ("turn": others' turn; "flow": the hub's
-    flow control); reading resumes when no reason is left.
+    audio, `end` or `fail`; a call of several channels is one stream per channel in the hub (`streams`).
+    `hold`/`release` pause reading for a reason ("turn": others' turn; "flow": the hub's flow control); reading
+    resumes when no reason is left.
     """
 
     protocol: ClassVar[str]  # the name in options, log lines and `listening` lines
@@ -69,6 +70,7 @@ class CallConnection(asyncio.Protocol):
         self.opened = False  # the hub has the call
         self.over = False  # the call has ended or was refused: nothing more is reported
         self.eof = False
+        self.streams: list[str] = []  # the call's ids in the hub, once open: one, or one per channel
         self._holds: set[str] = set()
 
     # asyncio.Protocol
@@ -183,12 +185,20 @@ class CallConnection(asyncio.Protocol):
         encoding: str,
         info: dict[str, Any],
         on_events: Callable[[list[Event]], None] | None = None,
+        channels: int = 1,
     ) -> None:
-        """Start the call in the hub; a call id already being served (a race with `name`) is refused."""
+        """Start the call in the hub, each of several interleaved `channels` as a stream of its own (a
+        `ChannelId`); a call id already being served (a race with `name`) is refused."""
         if self.server.worker is not None:
             info = {**info, "worker": self.server.worker}
+        ids = [self.call_id] if channels == 1 else [ChannelId(self.call_id, c) for c in range(channels)]
         try:
-            self.hub.open(self.call_id, sample_rate, encoding, info, self, on_events)
+            for stream in ids:
+                self.hub.check_free(stream)
+            for stream in ids:
+                self.hub.open(stream, sample_rate, encoding, info, self if channels == 1 else _Channel(self, stream),
+                              on_events)  # fmt: skip
+                self.streams.append(stream)
         except DuplicateCall as exc:
             self._refuse(self.call_id, exc)
             return
@@ -198,23 +208,23 @@ class CallConnection(asyncio.Protocol):
         self.opened = True
         self.opened_at = self.loop.time()
 
-    def push(self, data: bytes) -> None:
-        """Audio of the open call."""
+    def push(self, data: bytes, channel: int = 0) -> None:
+        """Audio of the open call (of one of its channels)."""
         self.saw()
-        self.hub.push(self.call_id, data, self.seen)
+        self.hub.push(self.streams[channel], data, self.seen)
 
     def dtmf(self, digit: str) -> None:
         """A DTMF digit (ignored before the call has started)."""
         if self.opened and not self.over:
-            self.hub.dtmf(self.call_id, digit)
+            self.hub.dtmf(self.streams[0], digit)
 
     def end(self, state: str = "end", info: dict[str, Any] | None = None) -> None:
         """The call is over: its last windows are scored, then its final status line."""
         if self.over:
             return
         self.over = True
-        if self.opened:
-            self.hub.end(self.call_id, state, info)
+        for stream in self.streams:
+            self.hub.end(stream, state, info)
 
     def fail(self, message: str, kind: str) -> None:
         """Log a call's error and report it: after its last windows if it started, at once otherwise. `kind`
@@ -228,6 +238,21 @@ class CallConnection(asyncio.Protocol):
             self.over = True
             info = {"error": message, "error_kind": kind, "protocol": self.protocol}
             self.hub.emit([(self.call_id, Status("error", 0.0, info))])
+
+
+@dataclass(frozen=True)
+class _Channel:
+    """The reader the hub pauses for one channel of a connection: each channel holds reading for a reason of
+    its own, so reading resumes only when no channel is ahead."""
+
+    connection: CallConnection
+    stream: str
+
+    def hold(self, reason: str) -> None:
+        self.connection.hold(f"{reason} {self.stream}")
+
+    def release(self, reason: str) -> None:
+        self.connection.release(f"{reason} {self.stream}")
 
 
 @dataclass(frozen=True)
@@ -289,13 +314,13 @@ class Server:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(self.read_timeout / 4, 1.0))
-            now = loop.time()
+            now, slack = loop.time(), self.read_timeout
             for conn in list(self.connections):
                 if conn.held or conn.over:
                     continue
                 if now - conn.seen > self.read_timeout:
                     self._close(conn, f"{conn.idle_error} for {self.read_timeout:g} s", "timeout")
-                elif conn.opened and self.hub.t(conn.call_id) < MIN_SPEED * (now - conn.opened_at) - self.read_timeout:
+                elif conn.opened and self.hub.t(conn.streams[0]) < MIN_SPEED * (now - conn.opened_at) - slack:
                     self._close(conn, f"audio arrives at less than {MIN_SPEED:g} times real time", "too_slow")
 
     def _close(self, conn: CallConnection, message: str, kind: str) -> None:
