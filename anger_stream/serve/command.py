@@ -13,7 +13,7 @@ import typer
 
 from .. import options
 from ..events import Event, Status, Window, to_json
-from .security import TOKEN_ENV, TWILIO_ENV
+from .security import TOKEN_ENV, TWILIO_ENV, WEBHOOK_SECRET_ENV
 
 if TYPE_CHECKING:
     from .dashboard import Snapshots
@@ -140,6 +140,19 @@ def serve(
             "--token, the page needs it too).",
         ),
     ] = None,
+    webhook: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="URL",
+            help="POST each anger_start and anger_end (and the final status of a call that had one) to URL as signed "
+            "JSON (repeatable; X-Anger-Signature, see docs/telephony.md). Needs --webhook-secret-file or "
+            f"{WEBHOOK_SECRET_ENV}.",
+        ),
+    ] = None,
+    webhook_secret_file: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="The webhooks' shared secret: this file's first line (16+ characters)."),
+    ] = None,
 ) -> None:
     """Serve phone calls (Asterisk AudioSocket, Media Streams, L16 WebSocket): JSON lines with the call id on stdout.
 
@@ -195,6 +208,13 @@ def serve(
         require("prometheus_client", "metrics", "--metrics")
         metrics_at = parse_address(metrics, "--metrics")
     dashboard_at = parse_address(dashboard, "--dashboard") if dashboard is not None else None
+    if webhook:
+        from .webhook import check_url, read_secret
+
+        try:
+            urls, secret = [check_url(url) for url in webhook], read_secret(webhook_secret_file, os.environ)
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
     settings = options.detector_settings(
         config, threshold=threshold, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis
     )
@@ -234,6 +254,13 @@ def serve(
             from .dashboard import publisher
 
             sink = tee(sink, publisher(Board(), snapshots, worker))
+        webhooks = None
+        if webhook:
+            from .webhook import Sender, Webhooks
+
+            with _signals_for_main_thread():
+                webhooks = Webhooks([Sender(url, secret, counted.webhook if metrics_at else None) for url in urls])
+            sink = tee(sink, webhooks.events)
         hub = Hub(Calls(), ScoringThread(streams), sink, on_tick)
         try:
             asyncio.run(run_servers(hub, listen, read_timeout, marks, worker, policy))
@@ -241,6 +268,10 @@ def serve(
             return
         except ListenError as exc:
             fail(str(exc), EXIT_INPUT)
+        finally:
+            delivered = webhooks.close() if webhooks is not None else []
+        for counts in delivered:  # the server stopped: what each URL got
+            emit_line(to_json(Status("webhook", 0.0, {**counts, **({} if worker is None else {"worker": worker})})))
 
     with contextlib.ExitStack() as stack:
         with _signals_for_main_thread():  # the endpoints' threads never take SIGINT/SIGTERM

@@ -67,6 +67,10 @@ class CallMetrics:
         self.segments = counter("anger_segments", "Anger segments started (anger_start lines).")
         self.dtmf_dropped = counter("dtmf_dropped", "DTMF digits dropped: more than a keypad can send.")
         self.late_ticks = counter("late_ticks", "Ticks that took longer than a hop: lines fall behind the audio.")
+        self.webhooks = counter(
+            "webhook_posts", "Webhook bodies sent, retried (an attempt failed) or dropped (queue full, refused, given "
+            "up, or left at shutdown).", ("outcome",),
+        )  # fmt: skip
         self.tick_windows = Histogram(
             "anger_stream_tick_windows", "Windows the model scored per tick (in calls of at most --max-batch).",
             buckets=BATCH_BUCKETS, registry=None,
@@ -112,6 +116,10 @@ class CallMetrics:
             self.errors.labels(protocol or status.info.get("protocol", ""), kind).inc()
         if dropped := status.info.get("dtmf_dropped"):
             self.dtmf_dropped.inc(dropped)
+
+    def webhook(self, outcome: str) -> None:
+        """A webhook sender's outcome (on its own thread): "sent", "retried" or "dropped"."""
+        self.webhooks.labels(outcome).inc()
 
     def tick(self, tick: Tick) -> None:
         if tick.windows:

@@ -20,6 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 
 TOKEN_ENV = "ANGER_STREAM_TOKEN"
 TWILIO_ENV = "ANGER_STREAM_TWILIO_AUTH_TOKEN"
+WEBHOOK_SECRET_ENV = "ANGER_STREAM_WEBHOOK_SECRET"
+"""The shared secret that signs `serve --webhook` POSTs (webhook.py), unless --webhook-secret-file gives it."""
 MIN_TOKEN = 16
 """Shortest shared token accepted (characters); `openssl rand -hex 32` makes a good one."""
 SIGNATURE_HEADER = "X-Twilio-Signature"
