@@ -3,6 +3,7 @@ over real sockets with recorded speech."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import ssl
 import struct
@@ -72,7 +73,8 @@ def test_audio_is_split_into_channels_across_messages() -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> ServeProcess:
     cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
-    srv = ServeProcess("--tls-cert", str(cert), "--tls-key", str(key), protocols=("websocket-pcm",))
+    metrics = ["--metrics", "127.0.0.1:0"] if importlib.util.find_spec("prometheus_client") else []
+    srv = ServeProcess("--tls-cert", str(cert), "--tls-key", str(key), *metrics, protocols=("websocket-pcm",))
     srv.cert = cert
     yield srv
     assert srv.stop() == 0
@@ -136,3 +138,21 @@ def test_protocol_errors_close_the_call(server: ServeProcess, speech: np.ndarray
     assert all(e["call"].startswith("websocket-pcm:127.0.0.1:") for e in errors)
     assert "audio before the metadata" in errors[0]["error"]
     assert "unsupported sample rate 44100" in errors[1]["error"]
+
+
+def test_metrics_count_each_channel_under_its_protocol(server: ServeProcess, speech: np.ndarray) -> None:
+    pytest.importorskip("prometheus_client")
+    from test_serve_metrics import scrape, total
+
+    port, tls = server.ports["websocket-pcm"], _client_tls(server.cert)
+    before = scrape(server.ports["metrics"])
+    stereo = np.stack([speech, speech // 2], axis=1)[:16000]
+    websocket_pcm_call(port, stereo, w.metadata_message("CA-counted", 8000, "stereo"), tls=tls)
+    server.call_events("CA-counted")
+    lines = [e for e in server.events if e.get("call") == "CA-counted"]
+    while sum(e.get("state") == "end" for e in lines) < 2:
+        lines.append(server.next())
+    after = scrape(server.ports["metrics"])
+    calls = "anger_stream_calls_total"
+    assert total(after, calls, protocol="websocket-pcm") - total(before, calls, protocol="websocket-pcm") == 2
+    assert total(after, "anger_stream_calls_active", protocol="websocket-pcm") == 0
