@@ -156,3 +156,22 @@ def test_metrics_count_each_channel_under_its_protocol(server: ServeProcess, spe
     calls = "anger_stream_calls_total"
     assert total(after, calls, protocol="websocket-pcm") - total(before, calls, protocol="websocket-pcm") == 2
     assert total(after, "anger_stream_calls_active", protocol="websocket-pcm") == 0
+
+
+def test_the_token_is_required_and_taken_from_the_url(speech: np.ndarray) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    token = "t0ken-for-the-websocket-pcm-test"
+    server = ServeProcess(protocols=("websocket-pcm",), env={"ANGER_STREAM_TOKEN": token})
+    try:
+        port = server.ports["websocket-pcm"]
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{port}/fork?token=wrong-token-of-enough-length")
+        assert refused.value.response.status_code == 403
+        websocket_pcm_call(port, speech[:8000], w.metadata_message("CA-token"), path=f"/fork?token={token}")
+        assert server.call_events("CA-token")[-1]["state"] == "end"
+    finally:
+        assert server.stop() == 0
+    assert "refused websocket-pcm connection from 127.0.0.1" in "".join(server.stderr)
+    assert token not in "".join(server.stderr)
