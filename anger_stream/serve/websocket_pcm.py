@@ -32,7 +32,8 @@ WIDTH = 2
 
 
 class WebSocketPcmError(MediaStreamError):
-    """The peer broke the protocol; the connection cannot continue."""
+    """The peer broke the protocol; the connection cannot continue (a MediaStreamError, as the WebSocket
+    handling it shares with Media Streams expects)."""
 
 
 @dataclass(frozen=True)
