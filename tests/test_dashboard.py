@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ import soundfile as sf
 from conftest import ANGRY_CLIP, CALM_CLIP
 from serve_support import ServeProcess, paced_audiosocket_call
 
+from anger_stream.config import DetectorConfig
 from anger_stream.events import AngerEnd, AngerStart, Status, Window
-from anger_stream.serve.board import Board, merge
+from anger_stream.serve.board import ENDED_S, EVENTS_S, RECENT_S, Board, merge
 from tools.browser import Chromium, chromium_path
 from tools.loadtest import load_audio
 
@@ -43,6 +45,9 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+CONFIG = DetectorConfig()
+
+
 def test_the_board_puts_angry_calls_first_and_keeps_the_last_anger_events() -> None:
     clock = iter(range(100)).__next__
     boards = [Board(clock=clock), Board(clock=clock)]  # two workers
@@ -50,36 +55,119 @@ def test_the_board_puts_angry_calls_first_and_keeps_the_last_anger_events() -> N
     boards[1].events([("b", Status("start", 0.0, {"protocol": "mediastream"})), ("c", Status("start", 0.0))])
     boards[0].events([("a", Window(0.0, 1.2, 0.2, False, -20.0))])
     boards[1].events([("c", Window(0.0, 1.2, 0.9, True, -20.0)), ("c", AngerStart(1.2, 0.9, 0.0))])
-    view = merge([b.snapshot() for b in boards], 0.6)
-    assert [c["call"] for c in view["calls"]] == ["c", "a", "b"]
-    assert (view["active"], view["angry"], view["threshold"]) == (3, 1, 0.6)
-    assert view["calls"][0]["angry"] and view["calls"][1]["p"] == 0.2 and view["calls"][2]["p"] is None
-    boards[1].events([("c", AngerEnd(2.4, 1.2, 0.9)), ("c", Status("end", 2.4, {}))])
-    view = merge([b.snapshot() for b in boards], 0.6)
-    assert [c["call"] for c in view["calls"]] == ["a", "b"]
+    view = merge([b.snapshot() for b in boards], CONFIG, 10.0)
+    assert [(c["call"], c["state"]) for c in view["calls"]] == [("c", "angry"), ("a", "calm"), ("b", "calm")]
+    assert (view["active"], view["angry"], view["threshold"], view["release"]) == (3, 1, 0.6, 0.5)
+    assert view["calls"][1]["p"] == 0.2 and view["calls"][2]["p"] is None
+    assert view["calls"][0]["angry_since"] is not None and view["calls"][0]["segment_max"] == 0.9
+    boards[1].events([("c", Window(1.2, 2.4, 0.3, False, -20.0)), ("c", AngerEnd(2.4, 1.2, 0.9))])
+    view = merge([b.snapshot() for b in boards], CONFIG, 20.0)
+    assert [(c["call"], c["state"]) for c in view["calls"]] == [("c", "recent"), ("a", "calm"), ("b", "calm")]
+    assert view["calls"][0]["last_anger"]["p_max"] == 0.9 and view["angry"] == 0
+    later = merge([b.snapshot() for b in boards], CONFIG, 20.0 + RECENT_S)
+    assert later["calls"][0]["state"] == "calm", "recently angry for RECENT_S"
+    boards[1].events([("c", Status("end", 6.0, {}))])
+    view = merge([b.snapshot() for b in boards], CONFIG, 30.0)
+    assert [c["call"] for c in view["calls"]] == ["a", "b"], "a call that calmed before its end leaves"
     assert [(e["call"], e["type"]) for e in view["events"]] == [("c", "anger_end"), ("c", "anger_start")]
+    assert merge([b.snapshot() for b in boards], CONFIG, 30.0 + EVENTS_S)["events"] == []
 
 
-def test_the_page_needs_the_token_and_is_read_only() -> None:
+def test_the_board_keeps_calls_that_end_angry_or_in_an_error() -> None:
+    now = [100.0]
+    board = Board(clock=lambda: now[0])
+    for call in ("hung-up", "error", "calm"):
+        board.events([(call, Status("start", 0.0, {"protocol": "audiosocket"}))])
+    board.events([("hung-up", Window(0.0, 1.2, 0.9, True, -20.0)), ("hung-up", AngerStart(1.2, 0.9, 0.0))])
+    now[0] = 110.0
+    board.events([
+        ("hung-up", AngerEnd(3.0, 1.8, 0.95)),  # closed by the end of the call (no `ended_by`: same time)
+        ("hung-up", Status("end", 3.0, {})),
+        ("error", Status("error", 2.0, {"error": "protocol error: bad frame", "error_kind": "protocol"})),
+        ("calm", Status("end", 4.0, {})),
+    ])  # fmt: skip
+    view = merge([board.snapshot()], CONFIG, 111.0)
+    assert [(c["call"], c["state"]) for c in view["calls"]] == [("hung-up", "ended_angry"), ("error", "error")]
+    hung_up, error = view["calls"]
+    assert hung_up["end"] == {"state": "end", "angry": True} and hung_up["last_anger"]["p_max"] == 0.95
+    assert error["end"] == {"state": "error", "kind": "protocol", "error": "protocol error: bad frame"}
+    assert view["active"] == 0 and view["angry"] == 0
+    assert merge([board.snapshot()], CONFIG, 110.0 + ENDED_S)["calls"] == [], "kept for ENDED_S"
+    now[0] = 110.0 + ENDED_S
+    board.events([])
+    assert board.snapshot()["calls"] == [], "then forgotten"
+
+
+def test_the_board_takes_the_reason_an_anger_segment_ended_and_the_raised_voice_when_given() -> None:
+    @dataclass(frozen=True)
+    class RaisedWindow(Window):
+        raised: float | None = None
+
+    @dataclass(frozen=True)
+    class EndedBy(AngerEnd):
+        ended_by: str = "calm"
+        raised_max: float | None = None
+
+    board = Board(clock=lambda: 5.0)
+    board.events([("a", Status("start", 0.0, {})), ("b", Status("start", 0.0, {}))])
+    board.events([("a", RaisedWindow(0.0, 1.2, 0.9, True, -20.0, raised=0.8)), ("a", AngerStart(1.2, 0.9, 0.0))])
+    assert board.snapshot()["calls"][0]["raised"] == 0.8
+    board.events([("a", EndedBy(2.4, 1.2, 0.9, "input_end", 0.85)), ("a", Status("end", 9.0, {}))])
+    board.events([("b", AngerStart(1.2, 0.9, 0.0)), ("b", EndedBy(2.4, 1.2, 0.9, "calm")), ("b", Status("end", 2.4))])
+    (a,) = merge([board.snapshot()], CONFIG, 6.0)["calls"]
+    assert a["call"] == "a" and a["state"] == "ended_angry", "ended_by decides, not the time"
+    assert a["last_anger"]["ended_by"] == "input_end" and a["last_anger"]["raised_max"] == 0.85
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        return None
+
+
+def request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict, str]:
+    """(status, headers, body) of one request, redirects not followed."""
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, data=data, headers=headers or {}), timeout=10) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+def test_the_page_needs_the_token_from_a_header_or_its_sign_in_cookie_never_the_url() -> None:
     token = "t" * 32
     srv = ServeProcess("--dashboard", "0", env={"ANGER_STREAM_TOKEN": token}, protocols=("mediastream",))
     try:
         base = f"http://127.0.0.1:{srv.ports['dashboard']}"
-        assert get(f"{base}/")[0] == 401
-        assert get(f"{base}/events?token=wrong-{token}")[0] == 401
-        status, page = get(f"{base}/?token={token}")
+        status, headers, form = request(f"{base}/")
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer ")
+        assert '<form method="post" action="login">' in form and 'type="password"' in form
+        status, headers, _ = request(f"{base}/events")
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer ")
+        assert request(f"{base}/login", b"token=wrong-" + token.encode())[0] == 401
+        status, headers, _ = request(f"{base}/login", f"token={token}".encode())
+        assert status == 303 and headers["Location"] == "./"
+        cookie = headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and token not in cookie
+        session = cookie.split(";")[0]
+        status, _, page = request(f"{base}/", headers={"Cookie": session})
         assert status == 200 and "<title>anger-stream: live calls</title>" in page
         assert "http://" not in page and "https://" not in page, "nothing is fetched from elsewhere"
-        assert get(f"{base}/", {"Authorization": f"Bearer {token}"})[0] == 200
-        assert get(f"{base}/nothing?token={token}")[0] == 404
-        request = urllib.request.Request(f"{base}/?token={token}", data=b"x", method="POST")
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=10)
-        assert refused.value.code == 501
-        with urllib.request.urlopen(f"{base}/events?token={token}", timeout=10) as stream:
+        assert request(f"{base}/", headers={"Cookie": session[:-1] + "0"})[0] == 401
+        assert request(f"{base}/", headers={"Authorization": f"Bearer {token}"})[0] == 200
+        status, headers, _ = request(f"{base}/?token={token}")  # an old link: the secret leaves the address bar
+        assert status == 303 and headers["Location"] == "./" and headers["Set-Cookie"] == cookie
+        assert request(f"{base}/nothing", headers={"Cookie": session})[0] == 404
+        assert request(f"{base}/", b"x", headers={"Cookie": session})[0] == 404, "nothing to post but the form"
+        assert request(f"{base}/login", b"x" * 5000)[0] == 400
+        events = urllib.request.Request(f"{base}/events", headers={"Cookie": session})
+        with urllib.request.urlopen(events, timeout=10) as stream:
             assert stream.headers["Content-Type"] == "text/event-stream"
             first = json.loads(stream.readline().decode().removeprefix("data: "))
-        assert first == {"threshold": 0.6, "active": 0, "angry": 0, "calls": [], "events": []}
+            assert stream.readline() == b"\n" and stream.readline() == b"event: ping\n", "a ping when quiet"
+        assert abs(first.pop("sent") - time.time()) < 5
+        assert first == {"threshold": 0.6, "release": 0.5, "patience": 1, "recent_s": RECENT_S, "ended_s": ENDED_S,
+                         "events_s": EVENTS_S, "active": 0, "angry": 0, "calls": [], "events": []}  # fmt: skip
     finally:
         assert srv.stop() == 0
     assert token not in "".join(srv.stderr)
@@ -116,7 +204,8 @@ def test_the_page_shows_an_angry_caller_within_2_s_of_its_anger_start(shared: Pa
             browser.screenshot(tmp_path / "dashboard.png")
             for t in callers:
                 t.join()
-            wait_for(lambda: browser.evaluate("document.querySelectorAll('#calls tr').length") == 0, 10)
+            live_rows = "document.querySelectorAll('#calls tr:not(.ended_angry):not(.error)').length"
+            wait_for(lambda: browser.evaluate(live_rows) == 0, 10)
     finally:
         assert srv.stop() == 0
     print(f"shown angry {shown_after:.2f} s after its anger_start line")  # pytest -s shows it
@@ -124,7 +213,7 @@ def test_the_page_shows_an_angry_caller_within_2_s_of_its_anger_start(shared: Pa
     calm_angry = [e for e in srv.events if e["type"] == "anger_start" and e.get("call") in calm_ids]
     if not calm_angry:  # other angry calls would share the top
         assert top == angry
-    assert rows == 13 and angry in events
+    assert rows == 13 and angry[:8] in events
     assert (tmp_path / "dashboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if target := os.environ.get(SCREENSHOT_ENV):
         shutil.copy(tmp_path / "dashboard.png", target)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from serve_support import ServeProcess, audiosocket_call, hang_up, mediastream_call, paced_audiosocket_call
 
+from anger_stream import __version__
 from anger_stream.serve import audiosocket
 
 pytest.importorskip("prometheus_client")
@@ -70,6 +71,15 @@ def server() -> Iterator[ServeProcess]:
 
 def test_metrics_count_the_calls_of_every_worker(server: ServeProcess, speech: np.ndarray) -> None:
     port, a_port, m_port = server.ports["metrics"], server.ports["audiosocket"], server.ports["mediastream"]
+    before = scrape(port)  # every known series is there from the start, at 0
+    for protocol in ("audiosocket", "mediastream"):
+        for name in ("anger_stream_calls_total", "anger_stream_calls_active"):
+            assert before[(name, (("protocol", protocol),))] == 0
+        assert before[("anger_stream_call_errors_total", (("kind", "timeout"), ("protocol", protocol)))] == 0
+    assert before[("anger_stream_windows_total", (("result", "silent"),))] == 0
+    assert before[("anger_stream_calls_angry", ())] == 0
+    assert before[("anger_stream_build_info", (("model", "fp32"), ("version", __version__)))] == 1
+    assert before[("process_open_fds", ())] > 0
     paced = [str(uuid.uuid4()) for _ in range(4)]
     callers = [threading.Thread(target=paced_audiosocket_call, args=(a_port, speech, c)) for c in paced]
     for t in callers:
@@ -115,6 +125,9 @@ def test_metrics_count_the_calls_of_every_worker(server: ServeProcess, speech: n
     assert total(after, "anger_stream_windows_total", result="scored") == scored > 0
     assert total(after, "anger_stream_windows_total", result="silent") == len(windows) - scored
     assert total(after, "anger_stream_tick_windows_sum") == scored
+    ticks = total(after, "anger_stream_tick_windows_count")
+    assert total(after, "anger_stream_tick_seconds_count") == ticks > 0, "both over the ticks that scored windows"
+    assert total(after, "anger_stream_calls_angry") == 0
     assert total(after, "anger_stream_anger_segments_total") == sum(e["type"] == "anger_start" for e in lines)
     assert total(after, "anger_stream_call_errors_total") == 1
     assert total(after, "anger_stream_call_errors_total", protocol="audiosocket", kind="protocol") == 1

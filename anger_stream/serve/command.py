@@ -16,6 +16,7 @@ from ..events import Event, Status, Window, to_json
 from .security import TOKEN_ENV, TWILIO_ENV, WEBHOOK_SECRET_ENV
 
 if TYPE_CHECKING:
+    from ..config import DetectorConfig
     from .dashboard import Snapshots
     from .hub import Sink
 
@@ -98,8 +99,9 @@ def serve(
         typer.Option(
             envvar=TOKEN_ENV,
             metavar="TOKEN",
-            help="WebSockets: admit only upgrades presenting this secret (Authorization: Bearer, or ?token=). "
-            "Better in the environment variable: a command line is visible to other users.",
+            help="A secret that WebSocket upgrades must present (Authorization: Bearer, or ?token=) and that "
+            "guards the --dashboard page (its sign-in form, or Authorization: Bearer). Better in the environment "
+            "variable: a command line is visible to other users.",
         ),
     ] = None,
     twilio_auth_token: Annotated[
@@ -247,7 +249,7 @@ def serve(
         if metrics_at is not None:
             from .prometheus import CallMetrics
 
-            counted = CallMetrics()
+            counted = CallMetrics(spec.protocol for spec in listen)
             sink, on_tick = tee(sink, counted.events), counted.tick
         if snapshots is not None:
             from .board import Board
@@ -276,9 +278,9 @@ def serve(
     with contextlib.ExitStack() as stack:
         with _signals_for_main_thread():  # the endpoints' threads never take SIGINT/SIGTERM
             if metrics_at is not None:
-                stack.enter_context(_metrics_endpoint(*metrics_at))
+                stack.enter_context(_metrics_endpoint(*metrics_at, model))
             if dashboard_at is not None:
-                snapshots = stack.enter_context(_dashboard(*dashboard_at, workers, token, detector_config.threshold))
+                snapshots = stack.enter_context(_dashboard(*dashboard_at, workers, token, detector_config))
         if workers == 1:
             work(None, listen, loaded)
             return
@@ -306,31 +308,36 @@ def _signals_for_main_thread() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _metrics_endpoint(host: str, port: int) -> Iterator[None]:
+def _metrics_endpoint(host: str, port: int, model: str | None) -> Iterator[None]:
     """The metrics endpoint for this process and the workers it starts (`listening` line and all), and the
     folder of their values, removed at the end."""
+    from ..model import PACKAGED_MODELS
     from ..stdio import EXIT_INPUT, fail
     from . import prometheus
 
+    name = (model or "fp32") if (model or "fp32") in PACKAGED_MODELS else Path(model or "").name
     folder = prometheus.prepare()
     try:
         try:
-            host, port = prometheus.serve_endpoint(host, port)
+            server, port = prometheus.serve_endpoint(host, port, name)
         except OSError as exc:
             fail(f"cannot listen on {host}:{port} (metrics): {exc.strerror or exc}", EXIT_INPUT)
-        _listening("metrics", host, port, "its counts are readable by anyone who reaches the port")
-        yield
+        try:
+            _listening("metrics", host, port, "its counts are readable by anyone who reaches the port")
+            yield
+        finally:
+            server.close()
     finally:
         prometheus.cleanup(folder)
 
 
 @contextlib.contextmanager
-def _dashboard(host: str, port: int, workers: int, token: str | None, threshold: float) -> Iterator[Snapshots]:
+def _dashboard(host: str, port: int, workers: int, token: str | None, config: DetectorConfig) -> Iterator[Snapshots]:
     """The supervisor's page for this process and the workers it starts, and where they put their snapshots."""
     from ..stdio import EXIT_INPUT, fail
     from .dashboard import Snapshots, serve_dashboard
 
-    snapshots = Snapshots(threshold) if workers == 1 else Snapshots.shared(threshold)
+    snapshots = Snapshots(config) if workers == 1 else Snapshots.shared(config)
     try:
         try:
             server, port = serve_dashboard(host, port, snapshots, token)

@@ -15,6 +15,7 @@ import socket
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -75,6 +76,35 @@ def presented_token(path: str, headers: Mapping[str, str]) -> str | None:
         return credentials.strip()
     tokens = parse_qs(urlsplit(path).query).get("token")
     return tokens[0] if tokens else None
+
+
+SESSION_COOKIE = "anger_stream_session"
+"""The supervisor's page's cookie, set by its sign-in form (`session_cookie`)."""
+
+
+def session_value(token: str) -> str:
+    """What the page's cookie holds: derived from the token (HMAC-SHA256), so the cookie never carries the token
+    itself and stops working when the token changes."""
+    return hmac.new(token.encode(), b"anger-stream dashboard session", hashlib.sha256).hexdigest()
+
+
+def session_cookie(token: str) -> str:
+    """The Set-Cookie value that signs a browser in to the page: out of reach of scripts (HttpOnly), never
+    sent with a request from another site (SameSite=Strict)."""
+    return f"{SESSION_COOKIE}={session_value(token)}; HttpOnly; SameSite=Strict"
+
+
+def signed_in(path: str, headers: Mapping[str, str], token: str) -> bool:
+    """Whether a request to the page presents the token (`presented_token`) or the page's cookie."""
+    if (given := presented_token(path, headers)) is not None:
+        return same_secret(given, token)
+    cookies = SimpleCookie()
+    try:
+        cookies.load(headers.get("Cookie") or "")
+    except CookieError:
+        return False
+    morsel = cookies.get(SESSION_COOKIE)
+    return morsel is not None and same_secret(morsel.value, session_value(token))
 
 
 def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:

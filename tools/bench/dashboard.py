@@ -74,6 +74,7 @@ def observer_cost(calls: int, seconds: float = 20.0) -> dict[str, float]:
 
     values = tempfile.mkdtemp(prefix="anger-stream-bench-")  # the metrics' multiprocess values
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", values)
+    from anger_stream.config import DetectorConfig
     from anger_stream.events import AngerEnd, AngerStart, Status, Window
     from anger_stream.serve.board import Board, merge
     from anger_stream.serve.dashboard import PERIOD_S, Snapshots
@@ -97,14 +98,15 @@ def observer_cost(calls: int, seconds: float = 20.0) -> dict[str, float]:
                     batch.append((c, AngerEnd(t, 0.6, 0.8)))
         ticks.append(batch)
     out = {}
-    metrics = CallMetrics()
+    metrics = CallMetrics(["audiosocket"])
     metrics.events(starts)
     started = time.process_time()
     for batch in ticks:
         metrics.events(batch)
         metrics.tick(Tick(len(batch), 0.005, False, tuple(0.02 for _ in batch)))
     out["metrics_cpu_percent"] = round(100 * (time.process_time() - started) / seconds, 2)
-    board, store = Board(), Snapshots.shared(0.6)
+    config = DetectorConfig()
+    board, store = Board(), Snapshots.shared(config)
     board.events(starts)
     every = round(PERIOD_S / tick_s)
     started = time.process_time()
@@ -116,7 +118,7 @@ def observer_cost(calls: int, seconds: float = 20.0) -> dict[str, float]:
     started = time.process_time()
     for _ in range(round(seconds / PERIOD_S)):  # the parent's side while a page is open: read, merge, encode
         snapshots = [json.loads(path.read_text()) for path in store.folder.glob("worker-*.json")]
-        json.dumps(merge(snapshots, 0.6), separators=(",", ":"))
+        json.dumps(merge(snapshots, config, time.time()), separators=(",", ":"))
     out["merge_cpu_percent"] = round(100 * (time.process_time() - started) / seconds, 2)
     store.cleanup()
     shutil.rmtree(values, ignore_errors=True)
