@@ -8,8 +8,13 @@ DEMO_ANGRY := No! No! I want my money back, right now!
 SHARED ?= ../shared
 TRAIN_MANIFESTS = $(foreach c,ravdess ased nemo,--manifest $(SHARED)/data/$(c)/manifest.csv)
 RUN := T3_RAN_s11_ch80_ye10
+CONTAINER_APT := podman runc netavark aardvark-dns debootstrap python3-venv espeak-ng sox
+CONTAINER_CACHE ?= $(HOME)/.cache/anger-stream-container
+CONTAINER_BASE := $(CONTAINER_CACHE)/debian-bookworm-base.tar
+CONTAINER_BASE_PACKAGES := python3,python3-venv,libsndfile1,libportaudio2,ca-certificates,haproxy,prometheus
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
 
-.PHONY: demo demo-file test lint deps model evaluate bench clean
+.PHONY: demo demo-file test lint deps model evaluate bench clean container-test container-deps
 
 demo: deps $(BIN)/anger-stream  ## set up the runtime and run the detector on the default microphone
 	$(BIN)/anger-stream --threshold 0.6
@@ -31,6 +36,34 @@ deps:  ## system packages (Debian): python3-venv, PortAudio, libsndfile, PulseAu
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "please install: sudo apt-get install $$missing"; exit 1; fi; \
 	fi
+
+container-test: container-deps $(VENV)/.container-test-installed $(CONTAINER_BASE)  ## the image and deploy/compose.yaml under podman, real calls (slow: docs/deployment.md)
+	@start=$$(date +%s); \
+	ANGER_STREAM_CONTAINER_BASE=$(CONTAINER_BASE) nice -n 10 $(BIN)/python -m pytest -q -rs tests/test_container.py; code=$$?; \
+	echo "container-test: $$(( $$(date +%s) - start )) s"; exit $$code
+
+container-deps:  ## system packages for container-test (Debian): podman, runc, netavark, debootstrap, espeak-ng, sox
+	@missing=$$(for p in $(CONTAINER_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "please install: sudo apt-get install --no-install-recommends $$missing"; exit 1; fi; \
+	fi
+
+$(VENV)/.container-test-installed: $(VENV)/.test-installed
+	$(BIN)/pip install -q "podman-compose>=1.2,<2"
+	touch $@
+
+# The test's base image: Debian bookworm (minbase) with Python, the audio libraries, HAProxy and Prometheus, and
+# this host's trust store (for pip behind a TLS-inspecting proxy). Cached outside the repository.
+$(CONTAINER_BASE): | container-deps
+	@[ "$$(id -u)" = 0 ] || { echo "debootstrap needs root: run as root or place a base tarball at $@"; exit 1; }
+	mkdir -p $(CONTAINER_CACHE) && rm -rf $(CONTAINER_CACHE)/rootfs
+	nice -n 10 debootstrap --variant=minbase --include=$(CONTAINER_BASE_PACKAGES) bookworm $(CONTAINER_CACHE)/rootfs \
+	  $(DEBIAN_MIRROR)
+	cp /etc/ssl/certs/ca-certificates.crt $(CONTAINER_CACHE)/rootfs/etc/ssl/certs/ca-certificates.crt
+	rm -rf $(CONTAINER_CACHE)/rootfs/var/cache/apt/archives/*.deb $(CONTAINER_CACHE)/rootfs/var/lib/apt/lists/*
+	nice -n 10 tar -C $(CONTAINER_CACHE)/rootfs -cf $@.tmp . && mv $@.tmp $@ && rm -rf $(CONTAINER_CACHE)/rootfs
 
 $(BIN)/anger-stream:
 	$(PYTHON) -m venv $(VENV)
