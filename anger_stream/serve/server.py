@@ -1,10 +1,11 @@
 """asyncio telephony servers around one Hub; what every connection does, whatever its protocol.
 
 A connection (`CallConnection`, one subclass per protocol: audiosocket_connection.py,
-mediastream_connection.py) is an asyncio Protocol: each chunk of bytes goes straight into its sans-I/O
-parser, with no task, stream reader or timer per frame (at 50 frames per second per call, that per-frame
-machinery is what limits a server). It hands audio to the hub, which scores every call in one shared
-StreamSet. The listener's `Listen` names the connection class, so the server knows no protocol by name.
+mediastream_connection.py, websocket_pcm_connection.py) is an asyncio Protocol: each chunk of bytes goes
+straight into its sans-I/O parser, with no task, stream reader or timer per frame (at 50 frames per second
+per call, that per-frame machinery is what limits a server). It hands audio to the hub, which scores every
+call in one shared StreamSet. The listener's `Listen` names the connection class, so the server knows no
+protocol by name.
 
 Defences against callers that misbehave, all per connection: at most MAX_EVENTS_PER_TURN frames are handled
 before other connections get a turn (a connection that used its whole turn waits TURN_PAUSE_S); reading
