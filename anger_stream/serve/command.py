@@ -159,7 +159,7 @@ def serve(
     """Serve phone calls (Asterisk AudioSocket, Media Streams, L16 WebSocket): JSON lines with the call id on stdout.
 
     Listens on 127.0.0.1 unless told otherwise; beyond it, see --allow, --token, --twilio-auth-token and
-    --tls-cert. Every option can also be set in the environment as ANGER_STREAM_SERVE_<OPTION> (e.g.
+    --tls-cert. Every option can also be set in the environment variable its help names (e.g.
     ANGER_STREAM_SERVE_AUDIOSOCKET=0.0.0.0:9092); the command line wins. Exit codes as for detection; 3: cannot
     listen.
     """
