@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import numpy as np
 import typer
@@ -25,9 +25,10 @@ import typer
 from . import channels, options
 from .detector import AngerDetector, DetectorConfig
 from .events import AngerEnd, AngerStart, Event, Window
+from .files import OutputExists, check_input, open_output, shown
 from .model import PACKAGED_MODELS, AngerModel, ModelError
 from .sources import InputError
-from .sources.file import Recording, read_recording, require_regular
+from .sources.file import Recording, read_recording
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -40,6 +41,8 @@ AUDIO_EXTENSIONS = frozenset(
 CHUNK_BYTES = 2 << 20
 CHUNK_FILES = 16
 DEFAULT_WORKERS = 2
+WORKERS_PER_CORE = 4
+"""The most local worker processes per core --workers may ask for."""
 DEFAULT_TIMEOUT = 600.0
 """Seconds a worker may spend on one file (reading and scoring) before it is given up."""
 
@@ -138,7 +141,7 @@ def error_record(path: str, config: DetectorConfig, message: str) -> dict[str, A
 
 def _score(path: str, detector: AngerDetector, mode: str, cancelled: Callable[[], bool]) -> dict[str, Any]:
     try:
-        require_regular(path)
+        check_input(path)
         recording = read_recording(path, cancelled)
     except InputError as exc:
         return error_record(path, detector.config, str(exc))
@@ -177,9 +180,10 @@ def score_file(path: str, job: Job) -> dict[str, Any]:
     return done[0]
 
 
-def score_files(paths: list[str], job: Job) -> list[dict[str, Any]]:
-    """The worker task: the lines of a chunk of files, in order."""
-    return [score_file(path, job) for path in paths]
+def score_files(paths: list[bytes], job: Job) -> list[dict[str, Any]]:
+    """The worker task: the lines of a chunk of files, in order. Paths travel as bytes: a name that is not
+    UTF-8 cannot cross Dask's messages as a string."""
+    return [score_file(os.fsdecode(path), job) for path in paths]
 
 
 # --- the archive --------------------------------------------------------------------------------------
@@ -197,18 +201,25 @@ def find_recordings(patterns: list[str], warn: Callable[[str], None]) -> list[st
     """Absolute paths of the recordings named by files, folders (recursive) and glob patterns, in order.
 
     A file reached twice (named twice, or through a symlink) is listed once, by the first path that reached
-    it. A literal path that does not exist is kept (it gets an error line); a pattern or folder that matches
-    nothing is reported through `warn`.
+    it. A literal path that does not exist, or nothing found at all, is an InputError (before any output is
+    written); a pattern or folder that matches nothing while others do is reported through `warn`.
     """
     found: dict[str, str] = {}  # real path -> the path that reached it first
+    unmatched = []
     for pattern in patterns:
         is_glob = glob.has_magic(pattern)
+        if not is_glob and not os.path.lexists(pattern):
+            raise InputError(f"no such file: {shown(pattern)}")
         matches = sorted(glob.glob(pattern, recursive=True)) if is_glob else [pattern]
         paths = [q for m in matches for q in (_walk(Path(m)) if Path(m).is_dir() else [Path(m)])]
-        if not paths and (is_glob or Path(pattern).is_dir()):
-            warn(f"no audio files match {pattern}")
+        if not paths:
+            unmatched.append(pattern)
         for p in paths:
             found.setdefault(os.path.realpath(p), os.path.abspath(p))
+    if not found:
+        raise InputError(f"no audio files found in {' '.join(map(shown, patterns))}")
+    for pattern in unmatched:
+        warn(f"no audio files match {shown(pattern)}")
     return list(found.values())
 
 
@@ -231,21 +242,37 @@ def chunks(paths: list[str]) -> Iterator[list[str]]:
         yield chunk
 
 
-def done_paths(out: Path) -> set[str]:
-    """Paths already in a results file; drops a last line cut short by a crash so that appending is safe."""
-    if not out.exists():
-        return set()
-    data = out.read_bytes()
+def read_results(data: bytes, name: str) -> list[dict[str, Any]]:
+    """The records of a batch results file's contents (`name`: how messages call it); InputError naming the
+    line that is not a record."""
+    records = []
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{name} line {number}: not JSON ({exc.msg}): not batch results") from None
+        if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+            raise InputError(f'{name} line {number}: a JSON line without a "path": not batch results') from None
+        records.append(record)
+    return records
+
+
+def done_paths(sink: BinaryIO, name: str) -> set[str]:
+    """Paths already in a results file open for appending (under its lock); drops a last line cut short by a
+    crash so that appending is safe. InputError if the file holds anything but results lines."""
+    sink.seek(0)
+    data = sink.read()
     if data and not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]
-        out.write_bytes(data)
-    done = set()
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        try:
-            done.add(json.loads(line)["path"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return done
+        sink.truncate(len(data))
+    sink.seek(0, os.SEEK_END)
+    return {record["path"] for record in read_results(data, name)}
+
+
+class SchedulerError(Exception):
+    """A --scheduler address that is malformed, unreachable or has no workers (a usage error)."""
 
 
 @contextmanager
@@ -259,8 +286,16 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler is not None:
-        with Client(scheduler, timeout="10s") as client:
+        client = None
+        try:
+            client = Client(scheduler, timeout="10s")
             client.wait_for_workers(1, timeout=60)
+        except (OSError, ValueError, TypeError) as exc:  # unreachable, no workers joined, not an address
+            if client is not None:
+                client.close()
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SchedulerError(f"--scheduler {scheduler}: {reason}") from None
+        with client:
             yield client
         return
     # Ctrl-C reaches the whole process group: the worker processes inherit "ignore SIGINT" (no tracebacks
@@ -300,7 +335,7 @@ def run(
 
     def submit(chunk: list[str] | None) -> None:
         if chunk:
-            future = client.submit(score_files, chunk, job, pure=False)
+            future = client.submit(score_files, [os.fsencode(p) for p in chunk], job, pure=False)
             pending[future] = chunk
             queue.add(future)
 
@@ -399,9 +434,10 @@ def batch(
     """Score an archive of recordings on a Dask cluster: one JSON line per recording in --out.
 
     Exit codes: 0 all scored; 3 some failed (see their "error") or none found; 2 usage or scheduler unreachable;
-    5 model error; 130 interrupted (rerun with --resume).
+    5 model error; 6 --out cannot be written (or another batch is writing it); 130 interrupted (rerun with
+    --resume).
     """
-    from .stdio import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_USAGE, fail, require, warn
+    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, OutputError, fail, require, warn
 
     require("distributed", "batch", "batch")
     settings = options.detector_settings(
@@ -411,24 +447,56 @@ def batch(
         fail(f"--channels must be one of {', '.join(channels.MODES)}", EXIT_USAGE)
     if scheduler is not None and workers is not None:
         fail("--workers sizes the local cluster; a --scheduler cluster has its own `dask worker`s", EXIT_USAGE)
-    if out.exists() and not (resume or overwrite):
-        fail(f"{out} exists: add --resume to continue it or --overwrite to replace it", EXIT_USAGE)
-    recordings = find_recordings(paths, warn)
-    if not recordings:
-        fail(f"no audio files found in {' '.join(paths)}", EXIT_INPUT)
-    done = done_paths(out) if resume else set()
-    todo = [p for p in recordings if p not in done]
-    if done:
-        warn(f"resuming: {len(recordings) - len(todo)} of {len(recordings)} recordings already in {out}")
+    cores = os.cpu_count() or 1
+    if workers is not None and workers > WORKERS_PER_CORE * cores:
+        fail(
+            f"--workers {workers} on {cores} cores: at most {WORKERS_PER_CORE * cores} (one per core scores the "
+            "most; more only compete for the cores)",
+            EXIT_USAGE,
+        )
+    try:
+        recordings = find_recordings(paths, warn)
+    except InputError as exc:
+        fail(str(exc), EXIT_INPUT)
     model_path = settings.model  # a packaged model's name or None: the same on every worker
     if model_path is not None and model_path not in PACKAGED_MODELS:
         model_path = str(Path(model_path).absolute())
     try:
-        AngerModel(model_path)  # fail fast, before starting a cluster
+        AngerModel(model_path)  # fail fast, before writing anything or starting a cluster
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
+    mode = "append" if resume else "replace" if overwrite else "new"
+    try:
+        sink = open_output(out, mode)
+    except OutputExists as exc:
+        fail(f"{exc}: add --resume to continue it or --overwrite to replace it", EXIT_USAGE)
+    except OutputError as exc:
+        fail(str(exc), EXIT_OUTPUT)
+    with sink:  # held, and locked, until the job ends
+        try:
+            done = done_paths(sink, shown(out)) if resume else set()
+        except InputError as exc:
+            fail(f"--resume: {exc}", EXIT_INPUT)
+        todo = [p for p in recordings if p not in done]
+        if done:
+            warn(f"resuming: {len(recordings) - len(todo)} of {len(recordings)} recordings already in {shown(out)}")
+        job = Job(model_path, settings.config, channel_mode, timeout)
+        try:
+            _score_all(sink, out, todo, job, scheduler, workers, quiet)
+        except typer.Exit as exit:
+            if exit.exit_code and mode == "new" and os.fstat(sink.fileno()).st_size == 0:
+                os.unlink(out)  # nothing written: a rerun needs no --overwrite
+            raise
 
-    job = Job(model_path, settings.config, channel_mode, timeout)
+
+def _score_all(
+    sink: BinaryIO, out: Path, todo: list[str], job: Job, scheduler: str | None, workers: int | None, quiet: bool
+) -> None:
+    """Score `todo` into the open, locked results file `sink`; exit with batch's codes."""
+    from .stdio import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, OutputError, fail, warn
+
+    name = shown(out)
+
     failed, warned, stop = 0, 0, threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -442,7 +510,6 @@ def batch(
     try:
         with (
             connect(scheduler, workers or DEFAULT_WORKERS) as client,
-            out.open("a" if resume else "w", encoding="utf-8") as sink,
             progress_bar(len(todo)) if not quiet else nullcontext(lambda line: None) as advance,
         ):
 
@@ -450,8 +517,10 @@ def batch(
                 nonlocal failed, warned
                 failed += line["error"] is not None
                 warned += line["warning"] is not None
-                sink.write(json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
-                sink.flush()
+                try:
+                    sink.write(json.dumps(line, separators=(",", ":"), allow_nan=False).encode() + b"\n")
+                except OSError as exc:
+                    raise OutputError(f"cannot write {name}: {exc.strerror or exc}") from None
                 advance(line["duration"] or 0.0)
 
             run(client, todo, job, write, stop.is_set)
@@ -459,11 +528,13 @@ def batch(
         stop.set()
     except ModelError as exc:
         fail(f"on a worker: {exc}", EXIT_MODEL)
-    except OSError as exc:  # scheduler unreachable, no workers joined, output not writable
-        fail(f"{exc}".splitlines()[0] or type(exc).__name__, EXIT_USAGE)
+    except OutputError as exc:
+        fail(str(exc), EXIT_OUTPUT)
+    except (SchedulerError, OSError) as exc:  # a bad --scheduler, or a local cluster that could not start
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, EXIT_USAGE)
     if warned:
-        warn(f'{warned} of {len(todo)} recordings were scored with a warning (see their "warning" in {out})')
+        warn(f'{warned} of {len(todo)} recordings were scored with a warning (see their "warning" in {name})')
     if stop.is_set():
-        fail(f"interrupted: the finished recordings are in {out}; rerun with --resume", EXIT_INTERRUPTED)
+        fail(f"interrupted: the finished recordings are in {name}; rerun with --resume", EXIT_INTERRUPTED)
     if failed:
-        fail(f'{failed} of {len(todo)} recordings could not be scored (see their "error" in {out})', EXIT_INPUT)
+        fail(f'{failed} of {len(todo)} recordings could not be scored (see their "error" in {name})', EXIT_INPUT)

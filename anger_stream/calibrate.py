@@ -24,9 +24,10 @@ import typer
 from . import channels, metrics, options
 from .detector import AngerDetector, DetectorConfig, EventTracker
 from .events import AngerStart, Window
+from .files import check_input, open_output, shown
 from .model import PACKAGED_MODELS
 from .sources import InputError
-from .sources.file import read_recording, require_regular
+from .sources.file import read_recording
 
 THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 """The rows of the threshold table: 0.5 to 0.95."""
@@ -82,7 +83,7 @@ def score_recordings(
     streams = []
     for path in paths:
         try:
-            require_regular(path)
+            check_input(path)
             recording = read_recording(path)
         except InputError as exc:
             warn(str(exc))
@@ -246,7 +247,7 @@ def calibrate_command(
     """
     from .batch import find_recordings, progress_bar
     from .model import ModelError
-    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, emit_line, fail, warn
+    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, OutputError, emit_line, fail, warn
 
     if not 0.0 < target_fpr < 1.0:
         fail("--target-fpr must be above 0 and below 1", EXIT_USAGE)
@@ -260,7 +261,10 @@ def calibrate_command(
         fail(str(exc), EXIT_USAGE)
     if not paths and label_map is None:
         fail("give recordings to calibrate on (PATHS), or --labels", EXIT_USAGE)
-    recordings = find_recordings(paths, warn) if paths else sorted(label_map or ())
+    try:
+        recordings = find_recordings(paths, warn) if paths else sorted(label_map or ())
+    except InputError as exc:
+        fail(str(exc), EXIT_INPUT)
     if label_map is not None:
         unlabelled = [p for p in recordings if os.path.realpath(p) not in label_map]
         if unlabelled:
@@ -286,7 +290,10 @@ def calibrate_command(
         print_table(result)
     if out is not None:
         try:
-            out.write_text(json.dumps(result["settings"], indent=2) + "\n", encoding="utf-8")
+            with open_output(out, "replace") as sink:
+                sink.write((json.dumps(result["settings"], indent=2) + "\n").encode())
+        except OutputError as exc:
+            fail(str(exc), EXIT_OUTPUT)
         except OSError as exc:
-            fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_USAGE)
+            fail(f"cannot write {shown(out)}: {exc.strerror or exc}", EXIT_OUTPUT)
     emit_line(json.dumps(result, separators=(",", ":"), allow_nan=False))

@@ -6,7 +6,9 @@ stdout carries JSON lines only; everything for people (the meter, errors) goes t
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import signal
 import sys
 import time
@@ -21,6 +23,7 @@ from .batch import batch
 from .calibrate import calibrate_command
 from .detector import AngerDetector, check_rate
 from .events import Counts, Event, Status, Window, to_json
+from .files import check_input, open_stream, shown
 from .model import ModelError
 from .report import report
 from .serve.command import ENV_PREFIX, serve
@@ -37,6 +40,8 @@ from .stdio import (
     emit_line,
     fail,
     mute_native_stderr,
+    say,
+    stderr_is_terminal,
     warn,
 )
 
@@ -46,6 +51,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
 
 RAW_FORMATS = ("s16le", "f32le", "mulaw", "alaw")
+G711 = ("mulaw", "alaw")
 DEFAULT_FORMAT, DEFAULT_RATE = "s16le", 16000
 
 app = typer.Typer(
@@ -224,15 +230,23 @@ def detect(
         return
     if format is not None and format not in RAW_FORMATS:
         fail(f"--format must be one of {', '.join(RAW_FORMATS)}, not {format!r}", EXIT_USAGE)
-    if (format is not None or rate is not None) and input != "-":
-        fail("--format and --rate describe headerless audio on standard input (--input -)", EXIT_USAGE)
+    streamed = input is not None and _names_stream(input)
+    if (format is not None or rate is not None) and not streamed:
+        fail("--format and --rate describe headerless audio on standard input (--input -) or a pipe", EXIT_USAGE)
     if rate is not None:
         try:
             check_rate(rate)
         except ValueError as exc:
             fail(f"--rate: {exc}", EXIT_USAGE)
-    if (channel_mode != "mix" or channel is not None) and input in (None, "-"):
-        fail("--channels and --channel choose channels of an --input file", EXIT_USAGE)
+    if (channel_mode != "mix" or channel is not None) and (input is None or streamed):
+        where = "the microphone" if input is None else "standard input or a pipe"
+        fail(f"--channels and --channel choose channels of an --input file, not of {where}", EXIT_USAGE)
+    if device is not None and (input is not None or list_devices):
+        fail("--device chooses the microphone: it does not apply with --input or --list-devices", EXIT_USAGE)
+    if as_json and not list_devices:
+        fail("--json is for --list-devices (the detector's lines on stdout are always JSON)", EXIT_USAGE)
+    if list_devices and input is not None:
+        fail("--list-devices lists the microphones and exits: it does not read --input", EXIT_USAGE)
     try:
         channels.check(channel_mode, channel)
     except ValueError as exc:
@@ -264,25 +278,36 @@ def detect(
         fail(str(exc), EXIT_INPUT)
 
 
-def _stdin(fmt: str | None, rate: int | None) -> tuple[Iterator[np.ndarray], int, dict[str, Any]]:
-    """Chunks, sample rate and description of standard input: a WAV, FLAC or OGG stream, or raw audio."""
+def _names_stream(input: str) -> bool:
+    """Whether --input names a stream (-, a FIFO, a pipe such as <(cmd) or /dev/stdin), not a file."""
+    return input == "-" or (os.path.exists(input) and not os.path.isfile(input) and not os.path.isdir(input))
+
+
+def _stream(
+    stream: io.BufferedReader, source: str, fmt: str | None, rate: int | None
+) -> tuple[Iterator[np.ndarray], int, dict[str, Any]]:
+    """Chunks, sample rate and description of a byte stream (stdin, a pipe): a WAV, FLAC or OGG stream, or raw
+    audio; `source` is how lines and messages name it."""
     from .sources import stdin
     from .sources.raw import read_raw
 
-    stream = sys.stdin.buffer
+    name = "standard input" if source == "stdin" else shown(source)
     kind = stdin.sniff(stream)
+    if not stream.peek(1):
+        raise InputError(f"no audio on {name} (zero bytes)")
     if kind is not None:
         if fmt is not None or rate is not None:
-            fail(f"standard input is a {kind} stream: --format and --rate are for headerless audio", EXIT_USAGE)
-        f = stdin.open_stream(stream, kind)
-        return stdin.read_stream(f), f.samplerate, {"source": "stdin", "format": kind.lower()}
-    if fmt is None and rate is None:
+            fail(f"{name} is a {kind} stream: --format and --rate are for headerless audio", EXIT_USAGE)
+        f = stdin.open_stream(stream, kind, name)
+        return stdin.read_stream(f, name), f.samplerate, {"source": source, "format": kind.lower()}
+    if (fmt is None and rate is None) or (fmt in G711 and rate is None):  # G.711 is nearly always 8000 Hz
+        missing = " and ".join(f"--{o}" for o, v in (("format", fmt), ("rate", rate)) if v is None)
         warn(
-            f"standard input has no WAV, FLAC or OGG header: reading it as raw {DEFAULT_FORMAT} at {DEFAULT_RATE} Hz "
-            "(give --format and --rate for raw audio)"
+            f"{name} has no WAV, FLAC or OGG header: reading it as raw {fmt or DEFAULT_FORMAT} at "
+            f"{rate or DEFAULT_RATE} Hz (give {missing} for raw audio that is not)"
         )
     fmt, rate = fmt or DEFAULT_FORMAT, rate or DEFAULT_RATE
-    return read_raw(stream, fmt), rate, {"source": "stdin", "format": fmt}
+    return read_raw(stream, fmt, name=name), rate, {"source": source, "format": fmt}
 
 
 def _detect(
@@ -309,7 +334,11 @@ def _detect(
             chunks, sample_rate, overflows = iter(mic), mic.sample_rate, lambda: mic.overflows
             info: dict[str, Any] = {"source": "microphone", "device": mic.name}
         elif input == "-":
-            chunks, sample_rate, info = _stdin(fmt, rate)
+            if sys.stdin is None:
+                raise InputError("standard input is closed (--input - reads it)")
+            chunks, sample_rate, info = _stream(sys.stdin.buffer, "stdin", fmt, rate)
+        elif not check_input(input, streams=True):
+            chunks, sample_rate, info = _stream(stack.enter_context(open_stream(input)), input, fmt, rate)
         else:
             from .sources.file import open_file, read_frames
 
@@ -317,8 +346,8 @@ def _detect(
             try:
                 channels.select(np.zeros((1, f.channels), np.float32), *pick)  # the file has the channel
             except ValueError as exc:
-                raise InputError(f"{input}: {exc}") from None
-            frames, sample_rate, info = read_frames(f), f.samplerate, {"source": input}
+                raise InputError(f"{shown(input)}: {exc}") from None
+            frames, sample_rate, info = read_frames(f, input, warn), f.samplerate, {"source": input}
             if pick[0] == "split":
                 detector, chunks, info["channels"] = channels.SplitDetector(detector, f.channels), frames, "split"
             else:
@@ -327,12 +356,12 @@ def _detect(
         try:
             check_rate(sample_rate)
         except ValueError as exc:
-            raise InputError(f"{info['source']}: {exc}") from None
+            raise InputError(f"{shown(info['source'])}: {exc}") from None
         if realtime and input is not None:
             chunks = paced(chunks, sample_rate)
 
         meter = None
-        if not quiet and sys.stderr.isatty() and pick[0] != "split":  # one meter, for one stream
+        if not quiet and stderr_is_terminal() and pick[0] != "split":  # one meter, for one stream
             from .display import Meter
 
             meter = stack.enter_context(Meter(detector.config.threshold, str(info.get("device", info["source"]))))
@@ -352,7 +381,7 @@ def _usage_error(exc: ClickException) -> int:
     message = " ".join(exc.format_message().split())
     ctx = getattr(exc, "ctx", None)
     hint = f" ({ctx.command_path} -h lists the options)" if ctx is not None else ""
-    print(f"anger-stream: error: {message}{hint}", file=sys.stderr)
+    say(f"anger-stream: error: {message}{hint}")
     return exc.exit_code
 
 
@@ -365,9 +394,9 @@ def main() -> None:
     except (StdoutClosed, KeyboardInterrupt):
         code = 0
     except OutputError as exc:
-        print(f"anger-stream: error: {exc}", file=sys.stderr)
+        say(f"anger-stream: error: {exc}")
         code = EXIT_OUTPUT
     except Exception as exc:  # the last line of defence: never a traceback for the user
-        print(f"anger-stream: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        say(f"anger-stream: internal error: {type(exc).__name__}: {exc}")
         code = EXIT_INTERNAL
     sys.exit(code if isinstance(code, int) else 0)

@@ -8,17 +8,18 @@ matplotlib is imported inside the function (Agg canvas, no pyplot).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import numpy as np
 import typer
 
 from . import audio, channels, options
-from .batch import SETTINGS
+from .batch import SETTINGS, read_results
 from .batch import record as make_record
 from .detector import AngerDetector, DetectorConfig, window_bounds
+from .files import check_input, open_output, shown
+from .sources import InputError
 
 FRAME_S = 0.05
 SIZE_PX = (1400, 600)
@@ -65,7 +66,7 @@ def lanes(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(f"channel {c['channel']}", c) for c in record["channels"]]
 
 
-def draw(record: dict[str, Any], samples: np.ndarray, rate: int, config: DetectorConfig, out: Path) -> None:
+def draw(record: dict[str, Any], samples: np.ndarray, rate: int, config: DetectorConfig, out: BinaryIO) -> None:
     """Write the figure of one batch record (and its audio, for the level) to `out` (PNG).
 
     `samples` are the recording's (frames, channels); a split record gets one level curve and one p(anger)
@@ -139,17 +140,22 @@ def summary_line(record: dict[str, Any]) -> str:
         text = _lane_summary(record)
     else:
         text = "; ".join(f"{label}: {_lane_summary(lane)}" for label, lane in lanes(record))
-    return f"{Path(record['path']).name}: {_duration(record['duration'])}, {text}"
+    return f"{shown(Path(record['path']).name)}: {_duration(record['duration'])}, {text}"
 
 
 def find_record(results: Path, wanted: str) -> dict[str, Any]:
     """The line of a batch results file for a recording: its full path, or a unique file name or suffix."""
-    records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
+    check_input(results)
+    try:
+        data = results.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {shown(results)}: {exc.strerror or exc}") from None
+    records = read_results(data, shown(results))
     exact = [r for r in records if r["path"] == str(Path(wanted).absolute())]
     matches = exact or [r for r in records if r["path"].endswith("/" + wanted.lstrip("/"))]
     if len(matches) != 1:
         found = "no recording" if not matches else f"{len(matches)} recordings"
-        raise ValueError(f"{found} in {results} match {wanted}")
+        raise InputError(f"{found} in {shown(results)} match {shown(wanted)}")
     return matches[-1]
 
 
@@ -179,11 +185,12 @@ def report(
     From batch results, the recording is drawn with the settings batch scored it with.
     """
     from .model import ModelError
-    from .sources import InputError
     from .sources.file import read_recording
-    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, fail, require
+    from .stdio import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, OutputError, fail, note, require, warn
 
     require("matplotlib", "batch", "report")
+    if out.suffix.lower() != ".png":
+        fail(f"--out {shown(out)}: report draws a PNG; name the file .png", EXIT_USAGE)
     detector_options = {
         "threshold": threshold,
         "model": model,
@@ -198,7 +205,7 @@ def report(
                 fail("batch results need --path and take no detector options or --channels", EXIT_USAGE)
             record = find_record(source, path)
             if record["error"] is not None:
-                fail(f"{record['path']} was not scored: {record['error']}", EXIT_INPUT)
+                fail(f"{shown(record['path'])} was not scored: {record['error']}", EXIT_INPUT)
             recording = read_recording(record["path"])
             config = DetectorConfig(**{name: record[name] for name in SETTINGS if name in record})
         else:
@@ -211,8 +218,21 @@ def report(
                 fail(f"--channels must be one of {', '.join(channels.MODES)}", EXIT_USAGE)
             recording = read_recording(source)
             record = make_record(str(source), recording, AngerDetector(settings.model, config=config), mode)
-        draw(record, recording.samples, recording.rate, config, out)
-    except (InputError, ValueError, OSError) as exc:
-        fail(str(exc).splitlines()[0], EXIT_INPUT)
+        if recording.warning:
+            warn(f"{shown(record['path'])}: {recording.warning}")
+        with open_output(out, "replace") as sink:
+            draw(record, recording.samples, recording.rate, config, sink)
+    except InputError as exc:
+        fail(str(exc), EXIT_INPUT)
+    except (KeyError, TypeError, ValueError) as exc:  # a results line with a missing or malformed field
+        if source.suffix != ".jsonl":
+            raise
+        fail(f"{shown(source)}: the line of {shown(path or '')} is not a usable batch record ({exc!r})", EXIT_INPUT)
+    except OutputError as exc:
+        fail(str(exc), EXIT_OUTPUT)
+    except OSError as exc:
+        fail(f"cannot write {shown(out)}: {exc.strerror or exc}", EXIT_OUTPUT)
     except ModelError as exc:
         fail(str(exc), EXIT_MODEL)
+    width, height = figure_size(len(lanes(record)))
+    note(f"wrote {shown(out)} ({width}x{height} px): {summary_line(record)}")

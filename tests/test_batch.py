@@ -19,6 +19,7 @@ import soundfile as sf
 from anger_stream.batch import CHUNK_BYTES, CHUNK_FILES, chunks, find_recordings, summarise
 from anger_stream.detector import AngerDetector
 from anger_stream.events import AngerEnd, AngerStart
+from anger_stream.sources import InputError
 from anger_stream.sources.file import read_file
 
 SHARED = Path(os.environ.get("ANGER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -227,13 +228,13 @@ def test_bad_model_is_a_model_error(clips: Path, tmp_path: Path) -> None:
 
 def test_find_recordings_walks_folders_and_expands_globs(clips: Path) -> None:
     warnings: list[str] = []
-    found = find_recordings(
-        [str(clips), str(clips / "*.wav"), str(clips / "missing.wav"), "/nowhere/*.wav"], warnings.append
-    )
+    found = find_recordings([str(clips), str(clips / "*.wav"), "/nowhere/*.wav"], warnings.append)
     names = [Path(p).name for p in found]
-    assert len(names) == len(set(names)) == len(GOOD | BAD) + 1  # duplicates dropped, notes.txt skipped
-    assert names[-1] == "missing.wav" and all(Path(p).is_absolute() for p in found)
+    assert len(names) == len(set(names)) == len(GOOD | BAD)  # duplicates dropped, notes.txt skipped
+    assert all(Path(p).is_absolute() for p in found)
     assert warnings == ["no audio files match /nowhere/*.wav"]
+    with pytest.raises(InputError, match="no such file: .*missing.wav"):
+        find_recordings([str(clips), str(clips / "missing.wav")], warnings.append)
 
 
 def test_chunks_group_short_files_and_keep_long_ones_alone(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +12,12 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import mixdown
+from ..files import check_input, shown
 from .errors import InputError
 
 BLOCK = 4096
 _PLACEHOLDER_SIZES = 0x7FFF0000
 """A WAV data size at or above this (or 0) is a streaming writer's placeholder, not a claim of length."""
-_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
 @dataclass(frozen=True)
@@ -34,44 +33,42 @@ class Recording:
         return len(self.samples) / self.rate
 
 
-def require_regular(path: str | Path) -> None:
-    """Raise InputError unless `path` is a regular file (a FIFO or device would block or never end)."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise InputError(f"no such file: {path}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(mode):
-        raise InputError(f"is a directory, not an audio file: {path}")
-    if not stat.S_ISREG(mode):
-        kind = _KINDS.get(stat.S_IFMT(mode), "a socket" if stat.S_ISSOCK(mode) else "special")
-        raise InputError(f"not a regular file ({kind}): {path}")
-
-
 def open_file(path: str | Path) -> sf.SoundFile:
     """Open an audio file for reading, or raise InputError with a one-line reason."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"no such file: {path}")
-    if path.is_dir():
-        raise InputError(f"is a directory, not an audio file: {path}")
+    check_input(path)
     try:
-        f = sf.SoundFile(str(path))
+        f = sf.SoundFile(os.fsencode(path))  # bytes: any name the system allows, UTF-8 or not
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise InputError(f"cannot decode {path}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot decode {shown(path)}: {_first_line(exc)}") from None
     if f.frames == 0:
         f.close()
-        raise InputError(f"no audio in {path} (zero frames)")
+        raise InputError(f"no audio in {shown(path)} (zero frames)")
     return f
 
 
-def read_frames(f: sf.SoundFile, block: int = BLOCK) -> Iterator[np.ndarray]:
-    """Float32 blocks (frames, channels) of an open file, decoded as they are needed."""
+def _first_line(exc: Exception) -> str:
+    """libsndfile's reason, without its "Error opening 'name':" prefix (the name is given once, readably)."""
+    text = str(exc).splitlines()[0].removeprefix("Error : ")
+    return re.sub(r"^Error opening .*?: ", "", text)
+
+
+def read_frames(
+    f: sf.SoundFile, path: str | Path, warn: Callable[[str], None], block: int = BLOCK
+) -> Iterator[np.ndarray]:
+    """Float32 blocks (frames, channels) of an open file, decoded as they are needed. A file cut short keeps
+    the audio present, as `read_recording` does, and `warn` says what is missing."""
+    frames, reason = 0, None
     try:
-        yield from f.blocks(blocksize=block, dtype="float32", always_2d=True)
+        for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+            frames += len(chunk)
+            yield chunk
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise InputError(f"cannot decode {f.name}: {str(exc).splitlines()[0]}") from None
+        reason = _first_line(exc)
+        if not frames:
+            raise InputError(f"cannot decode {shown(path)}: {reason}") from None
+    warning = _truncation(f, frames, reason)
+    if warning:
+        warn(f"{shown(path)}: {warning}")
 
 
 def _declared_frames(f: sf.SoundFile) -> int:
@@ -108,14 +105,14 @@ def read_recording(path: str | Path, cancelled: Callable[[], bool] = lambda: Fal
     reason = None
     with open_file(path) as f:
         try:
-            for chunk in f.blocks(blocksize=1 << 14, dtype="float32", always_2d=True):
+            for chunk in f.blocks(blocksize=BLOCK, dtype="float32", always_2d=True):  # as the detector reads
                 if cancelled():
-                    raise InputError(f"reading {path} was cancelled")
+                    raise InputError(f"reading {shown(path)} was cancelled")
                 blocks.append(chunk)
         except (sf.LibsndfileError, RuntimeError) as exc:
-            reason = str(exc).splitlines()[0].removeprefix("Error : ")
+            reason = _first_line(exc)
             if not blocks:
-                raise InputError(f"cannot decode {path}: {reason}") from None
+                raise InputError(f"cannot decode {shown(path)}: {reason}") from None
         samples = np.concatenate(blocks) if blocks else np.zeros((0, f.channels), np.float32)
         return Recording(samples, f.samplerate, _truncation(f, len(samples), reason))
 

@@ -22,7 +22,9 @@ def decode_raw(data: bytes, fmt: str) -> np.ndarray:
     return x
 
 
-def read_raw(stream: BinaryIO, fmt: str, chunk_samples: int = 1600) -> Iterator[np.ndarray]:
+def read_raw(
+    stream: BinaryIO, fmt: str, chunk_samples: int = 1600, name: str = "standard input"
+) -> Iterator[np.ndarray]:
     """Decode a raw byte stream chunk by chunk as bytes arrive; a trailing partial sample is an error."""
     width = FORMATS[fmt]
     leftover = b""
@@ -38,4 +40,4 @@ def read_raw(stream: BinaryIO, fmt: str, chunk_samples: int = 1600) -> Iterator[
     if leftover:
         raise InputError(f"input ends with a partial {fmt} sample ({total + len(leftover)} bytes)")
     if total == 0:
-        raise InputError("no audio on standard input (zero bytes)")
+        raise InputError(f"no audio on {name} (zero bytes)")

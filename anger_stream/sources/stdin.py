@@ -51,8 +51,9 @@ def _replay(stream: BinaryIO, write_fd: int) -> None:
         os.close(write_fd)
 
 
-def open_stream(stream: io.BufferedReader, kind: str) -> sf.SoundFile:
-    """A SoundFile decoding a WAV, FLAC or OGG byte stream; InputError if libsndfile cannot."""
+def open_stream(stream: io.BufferedReader, kind: str, name: str = "standard input") -> sf.SoundFile:
+    """A SoundFile decoding a WAV, FLAC or OGG byte stream (`name`: stdin or a pipe, for messages); InputError
+    if libsndfile cannot."""
     try:
         if kind == "FLAC":
             return sf.SoundFile(io.BytesIO(stream.read()))
@@ -60,10 +61,10 @@ def open_stream(stream: io.BufferedReader, kind: str) -> sf.SoundFile:
         threading.Thread(target=_replay, args=(stream, write_fd), name="stdin-copy", daemon=True).start()
         return sf.SoundFile(read_fd, closefd=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise InputError(f"cannot decode the {kind} stream on standard input: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot decode the {kind} stream on {name}: {str(exc).splitlines()[0]}") from None
 
 
-def read_stream(f: sf.SoundFile, block: int = BLOCK) -> Iterator[np.ndarray]:
+def read_stream(f: sf.SoundFile, name: str = "standard input", block: int = BLOCK) -> Iterator[np.ndarray]:
     """Mono float32 blocks of an open (possibly unseekable) SoundFile as they are decoded."""
     total = 0
     try:
@@ -71,8 +72,8 @@ def read_stream(f: sf.SoundFile, block: int = BLOCK) -> Iterator[np.ndarray]:
             total += len(chunk)
             yield mixdown(chunk)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise InputError(f"cannot decode standard input: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot decode {name}: {str(exc).splitlines()[0]}") from None
     finally:
         f.close()
     if total == 0:
-        raise InputError("no audio on standard input (a header but zero frames)")
+        raise InputError(f"no audio on {name} (a header but zero frames)")
