@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := python3-venv libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox haproxy tmux chromium
+APT_PACKAGES := python3-venv libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox haproxy tmux chromium prometheus
 DEMO_CALM := Hello. I would like to check the status of my order, please. Thank you.
 DEMO_ANGRY := No! No! I want my money back, right now!
 SHARED ?= ../shared
@@ -30,7 +30,7 @@ test: deps $(VENV)/.test-installed  ## set up everything and run the checks and 
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -rs
 
-deps:  ## system packages (Debian): python3-venv, PortAudio, libsndfile, PulseAudio, espeak-ng, sox, HAProxy, Chromium
+deps:  ## system packages (Debian): python3-venv, PortAudio, libsndfile, PulseAudio, espeak-ng, sox, HAProxy, Chromium, Prometheus (promtool)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -3,9 +3,12 @@ real calls over real sockets, and its HTTP side (token, read-only, one page per 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import threading
 import time
 import urllib.error
@@ -18,12 +21,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ANGRY_CLIP, CALM_CLIP
-from serve_support import ServeProcess, paced_audiosocket_call
+from serve_support import ServeProcess, free_port, paced_audiosocket_call
 
 from anger_stream.config import DetectorConfig
 from anger_stream.events import AngerEnd, AngerStart, Status, Window
+from anger_stream.serve import audiosocket
 from anger_stream.serve.board import ENDED_S, EVENTS_S, RECENT_S, Board, merge
-from tools.browser import Chromium, chromium_path
+from anger_stream.serve.dashboard import MAX_STREAMS
+from tools.browser import BrowserError, Chromium, chromium_path
 from tools.loadtest import load_audio
 
 SCREENSHOT_ENV = "ANGER_STREAM_SCREENSHOT"
@@ -90,6 +95,7 @@ def test_the_board_keeps_calls_that_end_angry_or_in_an_error() -> None:
     assert [(c["call"], c["state"]) for c in view["calls"]] == [("hung-up", "ended_angry"), ("error", "error")]
     hung_up, error = view["calls"]
     assert hung_up["end"] == {"state": "end", "angry": True} and hung_up["last_anger"]["p_max"] == 0.95
+    assert hung_up["last_anger"]["ended_by"] == view["events"][0]["ended_by"] == "input_end"
     assert error["end"] == {"state": "error", "kind": "protocol", "error": "protocol error: bad frame"}
     assert view["active"] == 0 and view["angry"] == 0
     assert merge([board.snapshot()], CONFIG, 110.0 + ENDED_S)["calls"] == [], "kept for ENDED_S"
@@ -148,7 +154,9 @@ def test_the_page_needs_the_token_from_a_header_or_its_sign_in_cookie_never_the_
         status, headers, _ = request(f"{base}/login", f"token={token}".encode())
         assert status == 303 and headers["Location"] == "./"
         cookie = headers["Set-Cookie"]
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and token not in cookie
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and token not in cookie and "Secure" not in cookie
+        proxied = request(f"{base}/login", f"token={token}".encode(), {"X-Forwarded-Proto": "https"})[1]
+        assert proxied["Set-Cookie"].endswith("; Secure"), "behind a TLS proxy"
         session = cookie.split(";")[0]
         status, _, page = request(f"{base}/", headers={"Cookie": session})
         assert status == 200 and "<title>anger-stream: live calls</title>" in page
@@ -245,3 +253,184 @@ def test_a_dashboard_beyond_loopback_without_a_token_is_warned_about() -> None:
         assert srv.stop() == 0
     stderr = "".join(srv.stderr)
     assert "WARNING: dashboard on 0.0.0.0:" in stderr and "WARNING: metrics on 0.0.0.0:" in stderr
+
+
+def quietly(call, *args) -> threading.Thread:  # noqa: ANN001
+    """A caller on a thread that ends quietly if the server goes away under it."""
+
+    def run() -> None:
+        with contextlib.suppress(OSError):
+            call(*args)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def call_that_breaks_the_protocol(port: int, audio: np.ndarray, call: str) -> None:
+    """A call that sends audio in real time, then a second UUID frame: it ends in a protocol error."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(audiosocket.uuid_frame(call))
+        for i in range(0, len(audio), 160):
+            s.sendall(audiosocket.audio_frame(audio[i : i + 160]))
+            time.sleep(0.02)
+        s.sendall(audiosocket.uuid_frame(call))
+        s.settimeout(10)
+        while s.recv(4096):
+            pass
+
+
+def evaluate_soon(browser: Chromium, expression: str):  # noqa: ANN201
+    """The value of `expression`, or None while the page is between two documents."""
+    try:
+        return browser.evaluate(expression)
+    except BrowserError:
+        return None
+
+
+STALE = "document.body.classList.contains('stale')"
+STATE = "document.getElementById('state').textContent"
+BANNER = "document.getElementById('banner').textContent"
+
+
+@pytest.mark.shared
+def test_the_page_greys_out_within_2_s_when_the_server_stops_and_is_live_again_when_it_returns(shared: Path) -> None:
+    if chromium_path() is None:
+        pytest.skip("needs Chromium (Debian: apt-get install chromium)")
+    port = free_port()
+    angry = np.resize(np.concatenate([clip(shared, ANGRY_CLIP), clip(shared, ANGRY_FOLLOW_UP)]), 40 * 8000)
+    srv = ServeProcess("--dashboard", f"127.0.0.1:{port}")
+    try:
+        with Chromium() as browser:
+            browser.open(f"http://127.0.0.1:{port}/")
+            wait_for(lambda: browser.evaluate(STATE) == "live", 10)
+            caller = quietly(paced_audiosocket_call, srv.ports["audiosocket"], angry, str(uuid.uuid4()))
+            wait_for(lambda: browser.evaluate("document.title").startswith("(1 angry)"), 20)
+            assert srv.stop() == 0
+            stopped = time.monotonic()
+            wait_for(lambda: browser.evaluate(STALE), 5, step=0.02)
+            greyed_after = time.monotonic() - stopped
+            assert browser.evaluate("document.title") == "anger-stream: disconnected"
+            assert re.match(r"Disconnected since \d\d:\d\d:\d\d \(\d+ s\): ", browser.evaluate(BANNER))
+            assert browser.evaluate("getComputedStyle(document.querySelector('main')).opacity") == "0.45"
+            assert browser.evaluate("document.querySelectorAll('#calls tr.angry').length") == 1, "as it was"
+            caller.join()
+            srv = ServeProcess("--dashboard", f"127.0.0.1:{port}")
+            wait_for(lambda: browser.evaluate(STATE) == "live", 20)
+            assert not browser.evaluate(STALE) and browser.evaluate("document.getElementById('banner').hidden")
+            wait_for(lambda: browser.evaluate("document.querySelectorAll('#calls tr').length") == 0, 5)
+            assert browser.evaluate("document.title") == "anger-stream: live calls"
+    finally:
+        srv.stop()
+    print(f"greyed out {greyed_after:.2f} s after the server stopped")
+    assert greyed_after < 2.0
+
+
+def test_a_page_refused_with_503_or_401_says_why_and_recovers() -> None:
+    if chromium_path() is None:
+        pytest.skip("needs Chromium (Debian: apt-get install chromium)")
+    port, token, other = free_port(), "a" * 32, "b" * 32
+    srv = ServeProcess("--dashboard", f"127.0.0.1:{port}", env={"ANGER_STREAM_TOKEN": token})
+    held = []
+    try:
+        for _ in range(MAX_STREAMS):  # every stream slot taken
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(f"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+            assert s.recv(64).startswith(b"HTTP/1.1 200")
+            held.append(s)
+        with Chromium() as browser:
+            browser.open(f"http://127.0.0.1:{port}/")
+            assert browser.evaluate("document.title") == "anger-stream: sign in"
+            browser.evaluate(f"document.getElementById('token').value = '{token}'; document.forms[0].submit()")
+            wait_for(lambda: "(503)" in (evaluate_soon(browser, BANNER) or ""), 10)
+            for s in held:
+                s.close()
+            wait_for(lambda: browser.evaluate(STATE) == "live", 10)
+            assert browser.evaluate("document.getElementById('banner').hidden")
+            assert srv.stop() == 0
+            srv = ServeProcess("--dashboard", f"127.0.0.1:{port}", env={"ANGER_STREAM_TOKEN": other})
+            wait_for(lambda: "(401)" in browser.evaluate(BANNER), 20)
+            assert "Sign in again" in browser.evaluate(BANNER)
+            assert srv.stop() == 0
+            srv = ServeProcess("--dashboard", f"127.0.0.1:{port}", env={"ANGER_STREAM_TOKEN": token})
+            wait_for(lambda: browser.evaluate(STATE) == "live", 20)  # the same token: its cookie works again
+    finally:
+        srv.stop()
+
+
+@pytest.mark.shared
+def test_at_1024_px_every_column_shows_and_calls_that_end_angry_or_in_an_error_stay(
+    shared: Path, tmp_path: Path
+) -> None:
+    if chromium_path() is None:
+        pytest.skip("needs Chromium (Debian: apt-get install chromium)")
+    calm, angry = clip(shared, CALM_CLIP), np.concatenate([clip(shared, ANGRY_CLIP), clip(shared, ANGRY_FOLLOW_UP)])
+    calls = {
+        "angry": np.resize(angry, 30 * 8000),
+        "hung-up": np.concatenate([calm[: 2 * 8000], angry]),  # hangs up in the middle of its anger
+        "recent": np.concatenate([angry, np.resize(calm, 20 * 8000)]),
+        **{f"calm-{i}": np.resize(np.roll(calm, 4000 * i), 24 * 8000) for i in range(4)},
+    }
+    ids = {name: str(uuid.uuid4()) for name in [*calls, "error"]}
+    srv = ServeProcess("--dashboard", "127.0.0.1:0", "--metrics", "127.0.0.1:0")
+    try:
+        with Chromium(width=1024, height=900) as browser:
+            browser.open(f"http://127.0.0.1:{srv.ports['dashboard']}/")
+            wait_for(lambda: browser.evaluate(STATE) == "live", 10)
+            callers = [quietly(paced_audiosocket_call, srv.ports["audiosocket"], audio, ids[name])
+                       for name, audio in calls.items()]  # fmt: skip
+            callers.append(quietly(call_that_breaks_the_protocol, srv.ports["audiosocket"], calm[:8000], ids["error"]))
+            row = "document.querySelector('tr[data-call=\"{}\"]')"
+
+            def state(name: str) -> str | None:
+                return browser.evaluate(f"{row.format(ids[name])}?.className ?? null")
+
+            wait_for(lambda: state("error") == "error", 15)
+            wait_for(lambda: state("hung-up") == "ended_angry", 20)
+            wait_for(lambda: state("recent") == "recent", 15)
+            assert state("angry") == "angry"
+            hung_up = browser.evaluate(f"{row.format(ids['hung-up'])}.textContent")
+            error = browser.evaluate(f"{row.format(ids['error'])}.textContent")
+            angry_detail = browser.evaluate(f"{row.format(ids['angry'])}.querySelector('.detail').textContent")
+            geometry = browser.evaluate("""(() => {
+                const box = e => {
+                    const r = e.getBoundingClientRect();
+                    return [r.left, r.right, r.top, r.bottom];
+                };
+                const table = document.getElementById('table').closest('section');
+                const events = document.getElementById('events-panel');
+                const shown = q => [...document.querySelectorAll(q)]
+                    .filter(e => getComputedStyle(e).display !== 'none');
+                return { width: window.innerWidth, table: box(table), events: box(events),
+                         heads: shown('thead th').map(th => [th.textContent.trim(), ...box(th)]),
+                         cells: shown('#calls tr:first-child td').map(box),
+                         scrollWidth: document.documentElement.scrollWidth };
+            })()""")
+            angry_now = scrape_angry(srv.ports["metrics"])
+            browser.screenshot(tmp_path / "dashboard.png")
+            for t in callers:
+                t.join()
+    finally:
+        assert srv.stop() == 0
+    assert "HUNG UP ANGRY" in hung_up and "hung up while angry" in hung_up, hung_up
+    assert "ENDED: ERROR" in error and "ago): protocol error: a second UUID frame" in error, error
+    assert re.match(r"angry since \d\d:\d\d:\d\d \(\d+ s\), max 0\.\d\d", angry_detail), angry_detail
+    assert angry_now == 1
+    left, right, _, bottom = geometry["table"]
+    assert geometry["scrollWidth"] <= geometry["width"], "nothing off to the side"
+    assert [h[0] for h in geometry["heads"]][:3] == ["Call", "Connection", "Audio"] and all(
+        h[0] for h in geometry["heads"]
+    )
+    for name, h_left, h_right, *_ in geometry["heads"]:
+        assert left <= h_left < h_right <= right, f"{name} outside the table's panel: {geometry}"
+    assert len(geometry["cells"]) == len(geometry["heads"])
+    assert all(left <= c[0] < c[1] <= right for c in geometry["cells"]), geometry
+    assert geometry["events"][2] >= bottom, "the events below the table at 1024 px, not over it"
+    if target := os.environ.get(SCREENSHOT_ENV):
+        shutil.copy(tmp_path / "dashboard.png", target)
+
+
+def scrape_angry(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return float(next(line.split()[1] for line in lines if line.startswith("anger_stream_calls_angry ")))

@@ -3,13 +3,17 @@ checked against the calls made and the lines printed, summed over `--workers 2`.
 
 from __future__ import annotations
 
+import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,10 +28,14 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 FINAL = ("end", "error", "interrupted")
 
 
+def exposition(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the endpoint: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = exposition(port)
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -80,6 +88,9 @@ def test_metrics_count_the_calls_of_every_worker(server: ServeProcess, speech: n
     assert before[("anger_stream_calls_angry", ())] == 0
     assert before[("anger_stream_build_info", (("model", "fp32"), ("version", __version__)))] == 1
     assert before[("process_open_fds", ())] > 0
+    if shutil.which("promtool"):
+        lint = subprocess.run(["promtool", "check", "metrics"], input=exposition(port), capture_output=True, text=True)
+        assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
     paced = [str(uuid.uuid4()) for _ in range(4)]
     callers = [threading.Thread(target=paced_audiosocket_call, args=(a_port, speech, c)) for c in paced]
     for t in callers:
@@ -137,3 +148,17 @@ def test_metrics_count_the_calls_of_every_worker(server: ServeProcess, speech: n
     assert len(windows) - 2 * len(calls) <= latencies <= len(windows)
     assert total(after, "anger_stream_window_latency_seconds_bucket", le="5.0") == latencies
     assert 0 < total(after, "anger_stream_window_latency_seconds_sum") < latencies
+
+
+def test_the_scrape_config_and_alert_rules_of_the_operations_guide_pass_promtool(tmp_path: Path) -> None:
+    if shutil.which("promtool") is None:
+        pytest.skip("needs promtool (Debian: apt-get install prometheus)")
+    guide = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    blocks = re.findall(r"```yaml\n# (\S+)\n(.*?)```", guide, flags=re.S)
+    assert [name for name, _ in blocks] == ["prometheus.yml", "anger-stream-rules.yml"]
+    for name, text in blocks:
+        (tmp_path / name).write_text(text)
+    for what, name in (("config", "prometheus.yml"), ("rules", "anger-stream-rules.yml")):
+        check = subprocess.run(["promtool", "check", what, name], cwd=tmp_path, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 6 rules found" in check.stdout

@@ -135,6 +135,10 @@ class Board:
             or (last["ended_by"] is None and abs(last["t"] - status.t) <= AT_END_S)
         ):
             call.end = {"state": status.state, "angry": True}
+            if last["ended_by"] is None:  # the events list says so too
+                last["ended_by"] = "interrupted" if status.state == "interrupted" else "input_end"
+                ended = next(e for e in reversed(self._recent) if e["call"] == call_id and e["type"] == "anger_end")
+                ended["ended_by"] = last["ended_by"]
         else:
             del self._calls[call_id]
             return

@@ -186,7 +186,9 @@ class _Handler(BoundedHandler):
             self._reply(HTTPStatus.UNAUTHORIZED, body, headers={"WWW-Authenticate": REALM})
 
     def _signed_in(self, token: str) -> None:
-        self._reply(HTTPStatus.SEE_OTHER, b"", headers={"Location": "./", "Set-Cookie": session_cookie(token)})
+        behind_tls = self.headers.get("X-Forwarded-Proto", "").lower() == "https"
+        cookie = session_cookie(token, secure=behind_tls)
+        self._reply(HTTPStatus.SEE_OTHER, b"", headers={"Location": "./", "Set-Cookie": cookie})
 
     def _reply(
         self,

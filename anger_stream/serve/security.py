@@ -88,10 +88,10 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"anger-stream dashboard session", hashlib.sha256).hexdigest()
 
 
-def session_cookie(token: str) -> str:
+def session_cookie(token: str, secure: bool) -> str:
     """The Set-Cookie value that signs a browser in to the page: out of reach of scripts (HttpOnly), never
-    sent with a request from another site (SameSite=Strict)."""
-    return f"{SESSION_COOKIE}={session_value(token)}; HttpOnly; SameSite=Strict"
+    sent with a request from another site (SameSite=Strict), over TLS only if `secure` (behind a TLS proxy)."""
+    return f"{SESSION_COOKIE}={session_value(token)}; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
 
 
 def signed_in(path: str, headers: Mapping[str, str], token: str) -> bool:
