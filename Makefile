@@ -13,6 +13,9 @@ CONTAINER_CACHE ?= $(HOME)/.cache/anger-stream-container
 CONTAINER_BASE := $(CONTAINER_CACHE)/debian-bookworm-base.tar
 CONTAINER_BASE_PACKAGES := python3,python3-venv,libsndfile1,libportaudio2,ca-certificates,haproxy,prometheus
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
+TORCH := torch==2.13.0+cpu
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+APT_GET := apt-get -o DPkg::Lock::Timeout=600 -qq
 
 .PHONY: demo demo-file test lint deps model evaluate bench clean container-test container-deps
 
@@ -30,12 +33,21 @@ test: deps $(VENV)/.test-installed  ## set up everything and run the checks and 
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -rs
 
+# Only the packages named (no recommends), and no service is started or enabled by the install: a policy-rc.d
+# refuses starts while it runs (unless the system has its own), and the daemons Debian enables (HAProxy,
+# Prometheus) are disabled again (the tests start their own). A held package-manager lock is waited for.
 deps:  ## system packages (Debian): python3-venv, PortAudio, libsndfile, PulseAudio, espeak-ng, sox, HAProxy, Chromium, Prometheus (promtool)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else echo "please install: sudo apt-get install $$missing"; exit 1; fi; \
-	fi
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "please install: sudo apt-get install --no-install-recommends $$missing"; exit 1; fi; \
+	policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then policy=/usr/sbin/policy-rc.d; \
+	  printf '#!/bin/sh\nexit 101\n' > $$policy && chmod +x $$policy; fi; \
+	echo "make deps: installing $$missing (waits up to 10 min if another apt or unattended-upgrades holds the lock)"; \
+	$(APT_GET) update && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y --no-install-recommends $$missing; \
+	code=$$?; [ -z "$$policy" ] || rm -f $$policy; \
+	if [ $$code != 0 ]; then echo "make deps: apt-get failed (if the package lock was held, rerun once it is free)"; exit $$code; fi; \
+	for unit in haproxy prometheus; do case " $$missing " in *" $$unit "*) \
+	  ! command -v systemctl >/dev/null || systemctl disable -q $$unit 2>/dev/null || true;; esac; done
 
 container-test: container-deps $(VENV)/.container-test-installed $(CONTAINER_BASE)  ## the image and deploy/compose.yaml under podman, real calls (slow: docs/deployment.md)
 	@start=$$(date +%s); \
@@ -70,10 +82,12 @@ $(BIN)/anger-stream:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e .
 
+# The CPU build of torch, pinned: from the configured index or --find-links where it has it, else from PyTorch's
+# CPU index (plain PyPI has no +cpu build, and its torch==2.13.0 is the CUDA one). Never a loose torch requirement.
 $(VENV)/.test-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0  # the CPU build; never a loose torch requirement
+	$(BIN)/pip install -q "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)" --extra-index-url $(TORCH_CPU_INDEX)
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
