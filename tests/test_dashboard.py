@@ -408,6 +408,12 @@ def test_at_1024_px_every_column_shows_and_calls_that_end_angry_or_in_an_error_s
             })()""")
             angry_now = scrape_angry(srv.ports["metrics"])
             browser.screenshot(tmp_path / "dashboard.png")
+            scrolled = browser.evaluate("""(() => {
+                window.scrollTo(0, 400);
+                const header = document.querySelector('header').getBoundingClientRect();
+                const head = document.querySelector('th').getBoundingClientRect();
+                return [window.scrollY, header.top, header.bottom, head.top];
+            })()""")
             for t in callers:
                 t.join()
     finally:
@@ -426,6 +432,9 @@ def test_at_1024_px_every_column_shows_and_calls_that_end_angry_or_in_an_error_s
     assert len(geometry["cells"]) == len(geometry["heads"])
     assert all(left <= c[0] < c[1] <= right for c in geometry["cells"]), geometry
     assert geometry["events"][2] >= bottom, "the events below the table at 1024 px, not over it"
+    scroll_y, header_top, header_bottom, head_top = scrolled
+    assert scroll_y > 0 and header_top == 0, "the header stays in view"
+    assert abs(head_top - header_bottom) < 2, "the column heads stay in view, under the header"
     if target := os.environ.get(SCREENSHOT_ENV):
         shutil.copy(tmp_path / "dashboard.png", target)
 
