@@ -26,7 +26,7 @@ from serve_support import ServeProcess, free_port, paced_audiosocket_call
 from anger_stream.config import DetectorConfig
 from anger_stream.events import AngerEnd, AngerStart, Status, Window
 from anger_stream.serve import audiosocket
-from anger_stream.serve.board import ENDED_S, EVENTS_S, RECENT_S, Board, merge
+from anger_stream.serve.board import ENDED_S, EVENTS_S, MAX_EVENTS, RECENT_S, Board, merge
 from anger_stream.serve.dashboard import MAX_STREAMS
 from tools.browser import BrowserError, Chromium, chromium_path
 from tools.loadtest import load_audio
@@ -99,6 +99,14 @@ def test_the_board_keeps_calls_that_end_angry_or_in_an_error() -> None:
     assert error["end"] == {"state": "error", "kind": "protocol", "error": "protocol error: bad frame"}
     assert view["active"] == 0 and view["angry"] == 0
     assert merge([board.snapshot()], CONFIG, 110.0 + ENDED_S)["calls"] == [], "kept for ENDED_S"
+    board.events(
+        [("late", Status("start", 0.0, {})), ("late", AngerStart(1.2, 0.9, 0.0)), ("late", AngerEnd(9.0, 7.8, 0.9))]
+    )
+    board.events([("other", AngerStart(1.2, 0.9, 0.0))] * MAX_EVENTS)  # its anger_end pushed out of the list
+    board.events([("late", Status("end", 9.0, {}))])
+    assert ("late", "ended_angry") in [
+        (c["call"], c["state"]) for c in merge([board.snapshot()], CONFIG, 111.0)["calls"]
+    ]
     now[0] = 110.0 + ENDED_S
     board.events([])
     assert board.snapshot()["calls"] == [], "then forgotten"

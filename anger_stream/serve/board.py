@@ -68,7 +68,7 @@ class _Call:
             "raised": _rounded(self.raised),
             "angry_since": self.angry_since,
             "segment_max": round(self.segment_max, 3),
-            "last_anger": self.last_anger,
+            "last_anger": None if self.last_anger is None else dict(self.last_anger),  # a copy: read by another thread
             "ended": self.ended,
             "end": self.end,
         }
@@ -137,8 +137,9 @@ class Board:
             call.end = {"state": status.state, "angry": True}
             if last["ended_by"] is None:  # the events list says so too
                 last["ended_by"] = "interrupted" if status.state == "interrupted" else "input_end"
-                ended = next(e for e in reversed(self._recent) if e["call"] == call_id and e["type"] == "anger_end")
-                ended["ended_by"] = last["ended_by"]
+                events = (e for e in reversed(self._recent) if e["call"] == call_id and e["type"] == "anger_end")
+                if (ended := next(events, None)) is not None:  # not yet pushed out by later ones
+                    ended["ended_by"] = last["ended_by"]
         else:
             del self._calls[call_id]
             return
