@@ -54,7 +54,7 @@ WORKER_CONFIG = {
 }
 """Dask settings for the local cluster's workers (docs/batch.md shows the same for `dask worker`)."""
 
-SETTINGS = ("threshold", "patience", "hysteresis", "min_dbfs")
+SETTINGS = ("threshold", "patience", "hysteresis", "hold_s", "min_dbfs")
 """DetectorConfig fields every line carries (the options that change its windows and segments)."""
 
 _MODELS: dict[str | None, AngerModel] = {}
@@ -65,13 +65,14 @@ _MODELS: dict[str | None, AngerModel] = {}
 
 
 def summarise(events: list[Event], threshold: float) -> dict[str, Any]:
-    """Window scores, peak, share angry and anger segments [onset, end] from a recording's events.
+    """Window scores, peak, share angry and anger segments [onset, last angry window's end] from a recording's
+    events.
 
     The events are those of `AngerDetector.analyse`: the live detector's windows and event logic.
     """
     probs = np.array([np.nan if e.p is None else e.p for e in events if isinstance(e, Window)], dtype=np.float64)
     onsets = [e.onset for e in events if isinstance(e, AngerStart)]
-    ends = [e.t for e in events if isinstance(e, AngerEnd)]
+    ends = [e.last_angry for e in events if isinstance(e, AngerEnd)]
     scored = probs[~np.isnan(probs)]
     return {
         "windows": [None if np.isnan(p) else round(float(p), 6) for p in probs],
@@ -414,6 +415,7 @@ def batch(
     min_dbfs: options.MinDbfs = None,
     patience: options.Patience = None,
     hysteresis: options.Hysteresis = None,
+    hold: options.Hold = None,
     config_file: options.ConfigFile = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")] = False,
     timeout: Annotated[
@@ -441,7 +443,13 @@ def batch(
 
     require("distributed", "batch", "batch")
     settings = options.detector_settings(
-        config_file, threshold=threshold, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis
+        config_file,
+        threshold=threshold,
+        model=model,
+        min_dbfs=min_dbfs,
+        patience=patience,
+        hysteresis=hysteresis,
+        hold=hold,
     )
     if channel_mode not in channels.MODES:
         fail(f"--channels must be one of {', '.join(channels.MODES)}", EXIT_USAGE)

@@ -3,8 +3,9 @@
 Every recording is scored with the live detector's windows (`AngerDetector.analyse`). Without labels all of
 them are taken as non-angry reference speech; with a labels manifest the angry ones give the AUROC and the
 true-positive rates too. The threshold for a target false-alarm rate per window is read off the reference
-windows, and false alarms per minute are counted by running the live detector's event logic (`EventTracker`:
-threshold, patience, hysteresis) over each reference recording's windows.
+windows, and false alarms per hour of non-silent speech (scored windows times the hop) are counted by running the
+live detector's event logic (`EventTracker`: threshold, patience, hysteresis, hold) over each reference
+recording's windows: the measure of the README's "Will it work on my calls?" (`tools.evaluate.false_alarms`).
 """
 
 from __future__ import annotations
@@ -125,22 +126,22 @@ def _rate(scores: np.ndarray, threshold: float) -> float | None:
 
 
 def operating_point(streams: list[Stream], threshold: float, config: DetectorConfig) -> dict[str, Any]:
-    """Window false-alarm rate, true-positive rate (labelled angry windows, if any) and false alarms per minute
-    of reference speech with patience 1 and 2, at one threshold."""
+    """Window false-alarm rate, true-positive rate (labelled angry windows, if any) and false alarms per hour
+    of reference speech with patience 1 and 2 (the other settings as in `config`), at one threshold."""
     reference = [s for s in streams if not s.anger]
     negatives = np.concatenate([s.p for s in reference])
     positives = np.concatenate([np.zeros(0)] + [s.p for s in streams if s.anger])
-    minutes = len(negatives) * config.hop_s / 60
-    per_minute = {}
+    hours = len(negatives) * config.hop_s / 3600
+    per_hour = {}
     for patience in PATIENCES:
         rule = replace(config, threshold=threshold, patience=patience)
         starts = sum(count_starts(s.windows, rule) for s in reference)
-        per_minute[f"patience_{patience}"] = round(starts / minutes, 3)
+        per_hour[f"patience_{patience}"] = round(starts / hours, 2)
     return {
         "threshold": threshold,
         "window_fpr": _rate(negatives, threshold),
         "tpr": _rate(positives, threshold),
-        "false_alarms_per_minute": per_minute,
+        "false_alarms_per_hour": per_hour,
     }
 
 
@@ -161,6 +162,7 @@ def calibrate(streams: list[Stream], target_fpr: float, config: DetectorConfig) 
         "angry_windows": len(positives),
         "silent_windows": sum(len(s.windows) for s in streams) - len(negatives) - len(positives),
         "reference_speech_minutes": round(len(negatives) * config.hop_s / 60, 2),
+        "hold_s": config.hold_s,
         "target_fpr": target_fpr,
         **operating_point(streams, threshold, config),
         "auroc": None,
@@ -176,7 +178,12 @@ def calibrate(streams: list[Stream], target_fpr: float, config: DetectorConfig) 
 
 def settings_file(result: dict[str, Any], config: DetectorConfig, model: str | None) -> dict[str, Any]:
     """The settings file (`--config` of the other commands): the calibrated threshold and the settings used."""
-    out = {"threshold": result["threshold"], "patience": config.patience, "hysteresis": config.hysteresis}
+    out = {
+        "threshold": result["threshold"],
+        "patience": config.patience,
+        "hysteresis": config.hysteresis,
+        "hold": config.hold_s,
+    }
     out["min_dbfs"] = config.min_dbfs
     if model is not None:
         out["model"] = model if model in PACKAGED_MODELS else str(Path(model).absolute())
@@ -195,13 +202,13 @@ def print_table(result: dict[str, Any]) -> None:
         else ""
     )
     table = Table(title=title)
-    for column in ("threshold", "window FPR", *(["TPR"] if labelled else []), "FA/min p1", "FA/min p2"):
+    for column in ("threshold", "window FPR", *(["TPR"] if labelled else []), "FA/h p1", "FA/h p2"):
         table.add_column(column, justify="right")
     for row in [*result["table"], result]:
-        fa = row["false_alarms_per_minute"]
+        fa = row["false_alarms_per_hour"]
         cells = [f"{row['threshold']:.3f}", f"{row['window_fpr']:.3f}"]
         cells += [f"{row['tpr']:.3f}"] if labelled else []
-        cells += [f"{fa['patience_1']:.2f}", f"{fa['patience_2']:.2f}"]
+        cells += [f"{fa['patience_1']:.1f}", f"{fa['patience_2']:.1f}"]
         style = "bold" if row is result else None
         table.add_row(*cells, style=style, end_section=row is result["table"][-1])
     console = Console(stderr=True)
@@ -237,12 +244,13 @@ def calibrate_command(
     min_dbfs: options.MinDbfs = None,
     patience: options.Patience = None,
     hysteresis: options.Hysteresis = None,
+    hold: options.Hold = None,
     quiet: options.Quiet = False,
 ) -> None:
     """Find the threshold for a target false-alarm rate on recordings of your own channel.
 
     A table on stderr, the result as JSON on stdout, and with --out a settings file the other commands load
-    with --config. The silence gate, model, patience and hysteresis given are used for scoring and counting,
+    with --config. The silence gate, model, patience, hysteresis and hold given are used for scoring and counting,
     and written to that file.
     """
     from .batch import find_recordings, progress_bar
@@ -253,7 +261,9 @@ def calibrate_command(
         fail("--target-fpr must be above 0 and below 1", EXIT_USAGE)
     if channel_mode not in channels.MODES:
         fail(f"--channels must be one of {', '.join(channels.MODES)}", EXIT_USAGE)
-    chosen = options.detector_settings(None, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis)
+    chosen = options.detector_settings(
+        None, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis, hold=hold
+    )
     config, model = chosen.config, chosen.model
     try:
         label_map = read_labels(labels) if labels is not None else None

@@ -216,7 +216,8 @@ class Calls:
             call.handed += len(data) // call.width
             ending = call.ending is not None and not call.end_sent and not rest
             call.end_sent |= ending
-            feeds.append(Feed(call.call_id, call.sample_rate, call.encoding, data, ending))
+            interrupted = ending and call.ending is not None and call.ending[0] == "interrupted"
+            feeds.append(Feed(call.call_id, call.sample_rate, call.encoding, data, ending, interrupted))
         self._ready = {}
         self._taken = tuple(feeds)
         self._taken_ids = {f.stream_id for f in feeds}

@@ -77,9 +77,14 @@ class SplitDetector:
         """Stream time in seconds (every channel has received the same number of samples)."""
         return self.detectors[0].t
 
+    @property
+    def duration(self) -> float:
+        """Seconds of input fed so far."""
+        return self.detectors[0].duration
+
     def feed(self, samples: np.ndarray, sample_rate: int | None = None) -> list[OnChannel]:
         x = np.asarray(samples).reshape(len(samples), -1)
         return [OnChannel(c, e) for c, d in enumerate(self.detectors) for e in d.feed(x[:, c], sample_rate)]
 
-    def flush(self) -> list[OnChannel]:
-        return [OnChannel(c, e) for c, d in enumerate(self.detectors) for e in d.flush()]
+    def flush(self, interrupted: bool = False) -> list[OnChannel]:
+        return [OnChannel(c, e) for c, d in enumerate(self.detectors) for e in d.flush(interrupted)]

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import numpy as np
@@ -75,6 +76,21 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Stop
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+"""Held back while a chunk is scored and its lines written, so that a stop never falls between the detector's
+state and its events (an anger_start lost, or a stream ended half-way through a tick)."""
+
+
+@contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM arriving in the block take effect at its end."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def paced(chunks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
     """Yield chunks no faster than real time."""
     start, done = time.monotonic(), 0
@@ -107,15 +123,17 @@ def run_stream(
 
     try:
         for chunk in chunks:
-            publish_counted(detector.feed(chunk, rate))
-            if overflows() != seen_overflows:
-                seen_overflows = overflows()
-                publish([Status("overflow", detector.t, {"overflows": seen_overflows})])
+            with stops_deferred():
+                publish_counted(detector.feed(chunk, rate))
+                if overflows() != seen_overflows:
+                    seen_overflows = overflows()
+                    publish([Status("overflow", detector.t, {"overflows": seen_overflows})])
     except (KeyboardInterrupt, Stop):
         state = "interrupted"
-    t_end = detector.t
-    publish_counted(detector.flush())
-    publish([Status(state, t_end, counts.to_dict())])
+    with stops_deferred():
+        t_end = detector.duration
+        publish_counted(detector.flush(interrupted=state == "interrupted"))
+        publish([Status(state, t_end, counts.to_dict())])
 
 
 def _print_devices(as_json: bool) -> None:
@@ -177,6 +195,7 @@ def detect(
     min_dbfs: options.MinDbfs = None,
     patience: options.Patience = None,
     hysteresis: options.Hysteresis = None,
+    hold: options.Hold = None,
     window: options.Window = None,
     hop: options.Hop = None,
     config: options.ConfigFile = None,
@@ -258,6 +277,7 @@ def detect(
         min_dbfs=min_dbfs,
         patience=patience,
         hysteresis=hysteresis,
+        hold=hold,
         window=window,
         hop=hop,
     )

@@ -15,6 +15,8 @@ from . import audio
 MAX_WINDOW_S = 10.0
 """The longest window a detector takes (the model was trained on 1.2 s windows)."""
 MIN_RATE, MAX_RATE = 1_000, 384_000
+MAX_HOLD_S = 60.0
+"""The longest hold a detector takes (a segment is open at most this long after its last angry window)."""
 MAX_RATIO_TERM = 2_000
 """Input sample rates are whole Hz in [MIN_RATE, MAX_RATE] whose ratio to 16 kHz reduces to a fraction with
 terms of at most this (8000, 11025, 22050, 44100, 48000, 96000 Hz and the like): the resampler's filter
@@ -51,9 +53,11 @@ class DetectorConfig:
     min_dbfs: float = audio.MIN_DBFS
     patience: int = 1
     hysteresis: float = 0.1
+    hold_s: float = 0.0
+    """How long an anger segment stays open after its last angry window through silence and calmer speech."""
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "window_s", "hop_s", "min_audio_s", "min_dbfs", "hysteresis"):
+        for name in ("threshold", "window_s", "hop_s", "min_audio_s", "min_dbfs", "hysteresis", "hold_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
                 raise ValueError(f"{name} must be a number, not {value!r}")
@@ -76,6 +80,8 @@ class DetectorConfig:
             raise ValueError(f"patience must be a whole number of windows, at least 1, not {self.patience!r}")
         if not 0.0 <= self.hysteresis <= 1.0:
             raise ValueError(f"hysteresis must be from 0 to 1, not {self.hysteresis}")
+        if not 0.0 <= self.hold_s <= MAX_HOLD_S:
+            raise ValueError(f"hold_s must be from 0 to {MAX_HOLD_S:g} s, not {self.hold_s}")
 
     @property
     def window(self) -> int:

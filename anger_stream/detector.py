@@ -90,6 +90,11 @@ class AngerDetector:
         """Stream time in seconds (16 kHz samples produced so far)."""
         return self._set.t(_STREAM)
 
+    @property
+    def duration(self) -> float:
+        """Seconds of input fed so far (at its own rate): where the stream ends if it ends now."""
+        return self._fed / self._rate
+
     def feed(self, samples: np.ndarray, sample_rate: int | None = None) -> list[Event]:
         """Add samples (float in [-1, 1] or integer PCM; mono, or (frames, channels) mixed down); return the
         events they complete."""
@@ -102,9 +107,10 @@ class AngerDetector:
         self._fed += len(x)
         return self._set.tick().get(_STREAM, [])
 
-    def flush(self) -> list[Event]:
-        """End the stream: score the last partial windows, close an open anger segment, start afresh."""
-        self._set.end(_STREAM)
+    def flush(self, interrupted: bool = False) -> list[Event]:
+        """End the stream: score the last partial windows, close an open anger segment (ended_by "input_end",
+        or "interrupted" when the program was stopped), start afresh."""
+        self._set.end(_STREAM, interrupted)
         events = self._set.tick().get(_STREAM, [])
         self.reset()
         return events

@@ -8,15 +8,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
 @dataclass(frozen=True)
 class Window:
-    """One scored (or silence-gated) window. `p` is None when the window was silent."""
+    """One scored (or silence-gated) window. `p` is None when the window was silent; `raised`, p(raised voice),
+    is None when it was silent or the model gives none."""
 
     t_start: float
     t_end: float
     p: float | None
     angry: bool
     dbfs: float
+    raised: float | None = None
 
     @property
     def silent(self) -> bool:
@@ -30,6 +36,7 @@ class Window:
             "p": None if self.p is None else round(self.p, 4),
             "angry": self.angry,
             "dbfs": round(self.dbfs, 1),
+            "raised": _round(self.raised, 4),
         }
         if self.silent:
             d["silent"] = True
@@ -39,23 +46,39 @@ class Window:
 @dataclass(frozen=True)
 class AngerStart:
     """Anger confirmed at stream time t by a window with probability p; `onset` is where the first window
-    of the angry run began (equal to t - window for patience 1)."""
+    of the angry run began (equal to t - window for patience 1); `raised_max` the highest p(raised voice) of
+    the run's windows (None when the model gives none)."""
 
     t: float
     p: float
     onset: float
+    raised_max: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "anger_start", "t": round(self.t, 3), "p": round(self.p, 4), "onset": round(self.onset, 3)}
+        return {
+            "type": "anger_start",
+            "t": round(self.t, 3),
+            "p": round(self.p, 4),
+            "onset": round(self.onset, 3),
+            "raised_max": _round(self.raised_max, 4),
+        }
 
 
 @dataclass(frozen=True)
 class AngerEnd:
-    """An anger segment closed at stream time t; duration since its start, highest p inside it."""
+    """An anger segment ended: `t` is the stream time at which the end was decided (the end of the window that
+    completed the hold, or where the input ended or was stopped), `last_angry` the end of its last angry
+    window, `duration` the audio its angry windows span (last_angry minus the start's onset), `p_max` and
+    `raised_max` the highest p and p(raised voice) of its angry windows, `ended_by` why it ended:
+    "calm" (the hold passed with speech below the release level), "hold" (the hold passed in silence),
+    "input_end" (the input ended: a hang-up, the end of a file) or "interrupted" (the program was stopped)."""
 
     t: float
     duration: float
     p_max: float
+    ended_by: str | None = None  # None only in events made by hand
+    last_angry: float | None = None
+    raised_max: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +86,9 @@ class AngerEnd:
             "t": round(self.t, 3),
             "duration": round(self.duration, 3),
             "p_max": round(self.p_max, 4),
+            "ended_by": self.ended_by,
+            "last_angry": _round(self.last_angry, 3),
+            "raised_max": _round(self.raised_max, 4),
         }
 
 

@@ -85,12 +85,21 @@ Hysteresis = Annotated[
         metavar="H", help=f"A segment ends when p falls below threshold minus H. [default: {DEFAULTS.hysteresis}]"
     ),
 ]
+Hold = Annotated[
+    float | None,
+    typer.Option(
+        "--hold",
+        metavar="SECONDS",
+        help="A segment ends only after this long without an angry window (pauses and calmer phrases inside "
+        f"an outburst do not split it). [default: {DEFAULTS.hold_s:g}]",
+    ),
+]
 ConfigFile = Annotated[
     Path | None,
     typer.Option(
         "--config",
         metavar="FILE",
-        help="JSON settings (threshold, patience, hysteresis, min_dbfs, model; each optional), e.g. from "
+        help="JSON settings (threshold, patience, hysteresis, hold, min_dbfs, model; each optional), e.g. from "
         "`anger-stream calibrate`. Options given on the command line win.",
     ),
 ]
@@ -103,7 +112,13 @@ Hop = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors and warnings.")]
 EventsOnly = Annotated[bool, typer.Option("--events-only", help="Leave out the window lines.")]
 
-FILE_KEYS = {"threshold": "threshold", "patience": "patience", "hysteresis": "hysteresis", "min_dbfs": "min_dbfs"}
+FILE_KEYS = {
+    "threshold": "threshold",
+    "patience": "patience",
+    "hysteresis": "hysteresis",
+    "hold": "hold_s",
+    "min_dbfs": "min_dbfs",
+}
 """Keys of a settings file that are DetectorConfig fields (besides "model")."""
 OPTION_NAMES = {
     "threshold": "--threshold",
@@ -112,6 +127,7 @@ OPTION_NAMES = {
     "min_dbfs": "--min-dbfs",
     "patience": "--patience",
     "hysteresis": "--hysteresis",
+    "hold_s": "--hold",
 }
 """DetectorConfig fields -> the options that set them."""
 
@@ -155,6 +171,7 @@ def detector_settings(
     min_dbfs: float | None = None,
     patience: int | None = None,
     hysteresis: float | None = None,
+    hold: float | None = None,
     window: float | None = None,
     hop: float | None = None,
 ) -> DetectorSettings:
@@ -168,6 +185,7 @@ def detector_settings(
         "min_dbfs": min_dbfs,
         "patience": patience,
         "hysteresis": hysteresis,
+        "hold_s": hold,
         "window_s": window,
         "hop_s": hop,
     }

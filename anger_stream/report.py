@@ -170,6 +170,7 @@ def report(
     min_dbfs: options.MinDbfs = None,
     patience: options.Patience = None,
     hysteresis: options.Hysteresis = None,
+    hold: options.Hold = None,
     config_file: options.ConfigFile = None,
     channel_mode: Annotated[
         str | None,
@@ -197,6 +198,7 @@ def report(
         "min_dbfs": min_dbfs,
         "patience": patience,
         "hysteresis": hysteresis,
+        "hold": hold,
     }
     try:
         if source.suffix == ".jsonl":

@@ -39,6 +39,7 @@ class Feed:
     encoding: str  # a key of codec.WIDTHS
     data: bytes
     ending: bool
+    interrupted: bool = False  # with ending: the stream was stopped rather than ended by its source
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class StreamSet:
         self._ring = Rows(self._width(audio.SAMPLE_RATE))  # 16 kHz audio, a row (slot) per stream
         self._next = np.zeros(0, dtype=np.int64)  # absolute start of each slot's next window
         self._ended = np.zeros(0, dtype=bool)
+        self._interrupted = np.zeros(0, dtype=bool)
         self._used = np.zeros(0, dtype=bool)
         self._slots: dict[Hashable, int] = {}
         self._ids: list[Hashable] = []
@@ -148,11 +150,13 @@ class StreamSet:
         sample_rate = check_rate(sample_rate)
         slot = self._ring.open()
         n = len(self._ring)
-        self._next, self._ended, self._used = (_grown(a, n) for a in (self._next, self._ended, self._used))
+        self._next, self._ended, self._interrupted, self._used = (
+            _grown(a, n) for a in (self._next, self._ended, self._interrupted, self._used)
+        )
         self._trackers.grow(n)
         self._ids += [None] * (n - len(self._ids))
         self._lane_of += [None] * (n - len(self._lane_of))
-        self._next[slot], self._ended[slot], self._used[slot] = 0, False, True
+        self._next[slot], self._ended[slot], self._interrupted[slot], self._used[slot] = 0, False, False, True
         self._trackers.reset(slot)
         self._slots[stream_id], self._ids[slot] = slot, stream_id
         if sample_rate != audio.SAMPLE_RATE:
@@ -181,10 +185,12 @@ class StreamSet:
         else:
             lane[0].push(lane[1], x)
 
-    def end(self, stream_id: Hashable) -> None:
-        """Mark a stream finished: its last windows and closing events come with the next ticks."""
+    def end(self, stream_id: Hashable, interrupted: bool = False) -> None:
+        """Mark a stream finished: its last windows and closing events come with the next ticks. A segment
+        still open then ends with ended_by "input_end", or "interrupted" if the stream was stopped."""
         slot = self._slots[stream_id]
         self._ended[slot] = True
+        self._interrupted[slot] = interrupted
         lane = self._lane_of[slot]
         if lane is not None:
             lane[0].ended[lane[1]] = True
@@ -215,7 +221,7 @@ class StreamSet:
             if f.data:
                 self.push(f.stream_id, codec.decode(f.data, f.encoding))
             if f.ending:
-                self.end(f.stream_id)
+                self.end(f.stream_id, f.interrupted)
         events = self.tick()
         due_at = {f.stream_id: self.due_at(f.stream_id) for f in feeds if f.stream_id in self._slots}
         return Scored(events, due_at)
@@ -237,25 +243,27 @@ class StreamSet:
         w_round = np.arange(len(w_slot)) - np.repeat(np.cumsum(k) - k, k)
         w_start = nxt[w_slot] + w_round * c.hop
         w_len = np.minimum(c.window, end[w_slot] - w_start)
-        probs, levels = self._score(w_slot, w_start - ring.base[w_slot], w_len)
+        probs, raised, levels = self._score(w_slot, w_start - ring.base[w_slot], w_len)
         nxt[slots] += k * c.hop
         t_start, t_end = w_start / audio.SAMPLE_RATE, (w_start + w_len) / audio.SAMPLE_RATE
         changed: dict[int, Event] = {}
         for r in range(int(k.max()) if len(k) else 0):
             sel = np.flatnonzero(w_round == r)
-            for i, e in self._trackers.step(w_slot[sel], probs[sel], t_start[sel], t_end[sel]):
+            for i, e in self._trackers.step(w_slot[sel], probs[sel], raised[sel], t_start[sel], t_end[sel]):
                 changed[int(sel[i])] = e
         ids, threshold = self._ids, c.threshold
         out: dict[Hashable, list[Event]] = {ids[s]: [] for s in slots.tolist()}
-        columns = (w_slot.tolist(), t_start.tolist(), t_end.tolist(), probs.tolist(), levels.tolist())
-        for i, (s, ts, te, p, level) in enumerate(zip(*columns, strict=True)):
+        columns = (w_slot.tolist(), t_start.tolist(), t_end.tolist(), probs.tolist(), raised.tolist(), levels.tolist())
+        for i, (s, ts, te, p, r, level) in enumerate(zip(*columns, strict=True)):
             events = out[ids[s]]
-            events.append(Window(ts, te, None if p != p else p, p >= threshold, level))  # p != p: NaN, silent
+            # p != p: NaN (silent), r != r: NaN (silent, or the model gives no p(raised voice))
+            events.append(Window(ts, te, None if p != p else p, p >= threshold, level, None if r != r else r))
             if i in changed:
                 events.append(changed[i])
         for s in slots[ended[slots] & (take[slots] == remaining[slots])].tolist():
             if self._trackers.active[s]:
-                out[ids[s]].append(self._trackers.close(s, int(end[s]) / audio.SAMPLE_RATE))
+                ended_by = "interrupted" if self._interrupted[s] else "input_end"
+                out[ids[s]].append(self._trackers.close(s, int(end[s]) / audio.SAMPLE_RATE, ended_by))
             self._remove(s)
         return out
 
@@ -282,13 +290,16 @@ class StreamSet:
             lane[0].close(lane[1])
             self._lane_of[slot] = None
 
-    def _score(self, slots: np.ndarray, cols: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(p, dBFS) of windows given by row, column and length in the ring (p NaN below the silence gate), in
-        batches of max_batch, split between the worker threads and this one."""
+    def _score(
+        self, slots: np.ndarray, cols: np.ndarray, lens: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(p, p(raised voice), dBFS) of windows given by row, column and length in the ring (both p NaN below
+        the silence gate, the second also for a model without it), in batches of max_batch, split between the
+        worker threads and this one."""
         n = len(slots)
-        probs, levels = np.full(n, np.nan), np.empty(n)
+        probs, raised, levels = np.full(n, np.nan), np.full(n, np.nan), np.empty(n)
         if not n:
-            return probs, levels
+            return probs, raised, levels
         window, step = self.config.window, self.max_batch
         prep = step * -(-PREPARE // step)  # windows cut and normalised at a time: whole model batches
         view = sliding_window_view(self._ring.buf, window, axis=1)
@@ -308,10 +319,11 @@ class StreamSet:
                 loud = np.flatnonzero(lv >= self.config.min_dbfs)
                 scored = prepared if len(loud) == j - i else prepared[loud]
                 for a in range(0, len(loud), step):
-                    probs[i + loud[a : a + step]] = self.model.predict(scored[a : a + step])
+                    at = i + loud[a : a + step]
+                    probs[at], raised[at] = self.model.score(scored[a : a + step])
 
         self._parallel(shard, n, step)
-        return probs, levels
+        return probs, raised, levels
 
     def _parallel(self, work: Callable[[int, int], None], n: int, grain: int) -> None:
         """work(lo, hi) over range(n) in up to `workers` contiguous shards of at least `grain` items, on the

@@ -278,7 +278,7 @@ def test_segments_are_the_live_detectors(peak_model: Path) -> None:
     detector = AngerDetector(peak_model, 0.6)
     events = [e for i in range(0, len(x), 1600) for e in detector.feed(x[i : i + 1600])] + detector.flush()
     starts = [e.onset for e in events if isinstance(e, AngerStart)]
-    ends = [e.t for e in events if isinstance(e, AngerEnd)]
+    ends = [e.last_angry for e in events if isinstance(e, AngerEnd)]
     result = summarise(detector.analyse(x), detector.config.threshold)
     assert len(starts) == 2
     assert result["segments"] == [[round(a, 3), round(b, 3)] for a, b in zip(starts, ends, strict=True)]
@@ -384,9 +384,9 @@ def test_split_channels_score_each_side_of_a_call(two_channel_call: Path, model:
 
 def test_segments_reproduce_a_live_patience_2(two_channel_call: Path, model: Path, tmp_path: Path) -> None:
     """The detector options reach the workers: batch segments with --threshold 0.85 --patience 2 are the
-    anger_start onsets and anger_end times of the live detector run with the same options (here one segment,
-    where patience 1 finds two)."""
-    options = ["--model", str(model), "--threshold", "0.85", "--patience", "2", "--hysteresis", "0.2"]
+    anger_start onsets and the anger_end's last angry windows of the live detector run with the same options
+    (here one segment, where patience 1 finds two)."""
+    options = ["--model", str(model), "--threshold", "0.85", "--patience", "2", "--hysteresis", "0.2", "--hold", "0.6"]
     out = tmp_path / "r.jsonl"
     args = ["--out", str(out), "--channels", "split", "--workers", "1", "--quiet", *options]
     proc = run_cli("batch", str(two_channel_call), *args)
@@ -396,7 +396,8 @@ def test_segments_reproduce_a_live_patience_2(two_channel_call: Path, model: Pat
         live = run_cli("-i", str(two_channel_call), "--channel", str(side["channel"]), "-q", *options)
         events = [json.loads(e) for e in live.stdout.splitlines()]
         starts = [e["onset"] for e in events if e["type"] == "anger_start"]
-        ends = [e["t"] for e in events if e["type"] == "anger_end"]
+        ends = [e["last_angry"] for e in events if e["type"] == "anger_end"]
         assert side["segments"] == [list(s) for s in zip(starts, ends, strict=True)]
     assert len(line["channels"][1]["segments"]) == 1
-    assert (line["threshold"], line["patience"], line["hysteresis"], line["min_dbfs"]) == (0.85, 2, 0.2, -50.0)
+    settings = (line["threshold"], line["patience"], line["hysteresis"], line["hold_s"], line["min_dbfs"])
+    assert settings == (0.85, 2, 0.2, 0.6, -50.0)

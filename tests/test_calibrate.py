@@ -1,5 +1,5 @@
 """`anger-stream calibrate`: thresholds that hold their false-alarm rate on held-back recordings of the same
-channel, the live detector's event logic for false alarms per minute, labels, the settings file, bad input."""
+channel, the live detector's event logic for false alarms per hour, labels, the settings file, bad input."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_each_channel_gets_a_threshold_that_holds_on_its_held_back_files(
         assert result["recordings"] == len(halves["fit"]) and result["auroc"] is None
         assert result["window_fpr"] <= TARGET
         assert [row["threshold"] for row in result["table"]][:2] == [0.5, 0.55]
-        assert set(result["false_alarms_per_minute"]) == {"patience_1", "patience_2"}
+        assert set(result["false_alarms_per_hour"]) == {"patience_1", "patience_2"}
         assert json.loads(settings.read_text()) == result["settings"]
         assert result["settings"]["threshold"] == result["threshold"]
         assert b"threshold for a window false-alarm rate of at most 0.05" in proc.stderr

@@ -30,7 +30,7 @@ def test_file_gives_json_lines_matching_score(speech_wav: Path) -> None:
     np.testing.assert_allclose(window_probs(events), AngerDetector().score(x, rate), atol=1e-4, equal_nan=True)
     for e in events:
         if e["type"] == "window" and not e.get("silent"):
-            assert set(e) == {"type", "t_start", "t_end", "p", "angry", "dbfs"}
+            assert set(e) == {"type", "t_start", "t_end", "p", "angry", "dbfs", "raised"} and e["raised"] is None
             assert e["angry"] == (e["p"] >= 0.5)
     assert events[-1]["windows"] == len(window_probs(events))
 
@@ -196,6 +196,7 @@ def test_sigterm_closes_the_stream_cleanly(speech_wav: Path) -> None:
     assert proc.returncode == 0, err.decode()
     events = [json.loads(line) for line in (b"".join(first) + out).decode().splitlines()]
     assert events[-2]["type"] == "anger_end" and events[-1]["state"] == "interrupted"
+    assert events[-2]["ended_by"] == "interrupted" and events[-2]["duration"] > 0
 
 
 def test_realtime_paces_the_output(speech_wav: Path) -> None:

@@ -14,7 +14,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,21 +112,12 @@ def test_the_board_keeps_calls_that_end_angry_or_in_an_error() -> None:
 
 
 def test_the_board_takes_the_reason_an_anger_segment_ended_and_the_raised_voice_when_given() -> None:
-    @dataclass(frozen=True)
-    class RaisedWindow(Window):
-        raised: float | None = None
-
-    @dataclass(frozen=True)
-    class EndedBy(AngerEnd):
-        ended_by: str = "calm"
-        raised_max: float | None = None
-
     board = Board(clock=lambda: 5.0)
     board.events([("a", Status("start", 0.0, {})), ("b", Status("start", 0.0, {}))])
-    board.events([("a", RaisedWindow(0.0, 1.2, 0.9, True, -20.0, raised=0.8)), ("a", AngerStart(1.2, 0.9, 0.0))])
+    board.events([("a", Window(0.0, 1.2, 0.9, True, -20.0, raised=0.8)), ("a", AngerStart(1.2, 0.9, 0.0))])
     assert board.snapshot()["calls"][0]["raised"] == 0.8
-    board.events([("a", EndedBy(2.4, 1.2, 0.9, "input_end", 0.85)), ("a", Status("end", 9.0, {}))])
-    board.events([("b", AngerStart(1.2, 0.9, 0.0)), ("b", EndedBy(2.4, 1.2, 0.9, "calm")), ("b", Status("end", 2.4))])
+    board.events([("a", AngerEnd(2.4, 1.2, 0.9, "input_end", raised_max=0.85)), ("a", Status("end", 9.0, {}))])
+    board.events([("b", AngerStart(1.2, 0.9, 0.0)), ("b", AngerEnd(2.4, 1.2, 0.9, "calm")), ("b", Status("end", 2.4))])
     (a,) = merge([board.snapshot()], CONFIG, 6.0)["calls"]
     assert a["call"] == "a" and a["state"] == "ended_angry", "ended_by decides, not the time"
     assert a["last_anger"]["ended_by"] == "input_end" and a["last_anger"]["raised_max"] == 0.85

@@ -99,18 +99,19 @@ def window(t: float, p: float | None, threshold: float = 0.6) -> Window:
 
 
 def test_events_with_patience_and_hysteresis() -> None:
-    tracker = EventTracker(DetectorConfig(threshold=0.6, patience=2, hysteresis=0.1))
+    tracker = EventTracker(DetectorConfig(threshold=0.6, patience=2, hysteresis=0.1, hold_s=0.0))
     out = [tracker.update(window(1.2 + 0.6 * i, p)) for i, p in enumerate([0.7, 0.3, 0.7, 0.8, 0.55, 0.95, 0.4])]
     assert out[0] == [] and out[2] == []  # one angry window is not enough with patience 2
     assert out[3] == [AngerStart(t=pytest.approx(3.0), p=0.8, onset=pytest.approx(1.2))]
     assert out[4] == [] and out[5] == []  # 0.55 is inside the hysteresis band
-    assert out[6] == [AngerEnd(t=pytest.approx(4.8), duration=pytest.approx(1.8), p_max=0.95)]
+    end = AngerEnd(t=pytest.approx(4.8), duration=pytest.approx(3.0), p_max=0.95, ended_by="calm", last_angry=4.2)
+    assert out[6] == [end]
 
 
 def test_silence_and_end_of_stream_close_a_segment() -> None:
-    tracker = EventTracker(DetectorConfig(threshold=0.6))
+    tracker = EventTracker(DetectorConfig(threshold=0.6, hold_s=0.0))
     assert isinstance(tracker.update(window(1.2, 0.9))[0], AngerStart)
-    assert isinstance(tracker.update(window(1.8, None))[0], AngerEnd)
+    assert tracker.update(window(1.8, None))[0].ended_by == "hold"
 
 
 def test_flush_closes_open_anger(detector: AngerDetector) -> None:
@@ -119,7 +120,7 @@ def test_flush_closes_open_anger(detector: AngerDetector) -> None:
     events = always.feed(x) + always.flush()
     kinds = [type(e).__name__ for e in events if not isinstance(e, Window)]
     assert kinds == ["AngerStart", "AngerEnd"]
-    assert events[-1].t == pytest.approx(2.5)
+    assert events[-1].t == pytest.approx(2.5) and events[-1].ended_by == "input_end"
 
 
 def _offline(model: AngerModel, config: DetectorConfig, x: np.ndarray, rate: int) -> list:
@@ -136,7 +137,7 @@ def _offline(model: AngerModel, config: DetectorConfig, x: np.ndarray, rate: int
         )
         w = Window(s / 16000, e / 16000, p, p is not None and p >= config.threshold, level)
         events += [w, *tracker.update(w)]
-    return events + ([tracker.close(len(x16) / 16000)] if tracker.active else [])
+    return events + ([tracker.close(len(x16) / 16000, "input_end")] if tracker.active else [])
 
 
 def test_many_streams_at_many_rates_joining_and_leaving_equal_one_detector_each(speech_wav: Path) -> None:
@@ -196,23 +197,29 @@ def test_many_streams_at_many_rates_joining_and_leaving_equal_one_detector_each(
 
 def test_the_vectorised_event_logic_equals_one_tracker_per_stream() -> None:
     """Trackers stepping many streams at once (any subset each step) equals EventTracker per stream."""
-    config = DetectorConfig(threshold=0.6, patience=3, hysteresis=0.2)
+    config = DetectorConfig(threshold=0.6, patience=3, hysteresis=0.2, hold_s=1.5)
     rng = np.random.default_rng(0)
     n, steps = 40, 300
     many, singles = Trackers(config), [EventTracker(config) for _ in range(n)]
     many.grow(n)
     t = np.zeros(n)
+    ended_by: set[str] = set()
     for _ in range(steps):
         slots = np.flatnonzero(rng.random(n) < 0.5)
-        p = np.where(rng.random(len(slots)) < 0.1, np.nan, rng.beta(2, 2, len(slots)))
+        p = np.where(rng.random(len(slots)) < 0.2, np.nan, rng.beta(2, 2, len(slots)))
+        raised = np.where(np.isnan(p) | (rng.random(len(slots)) < 0.3), np.nan, rng.random(len(slots)))
         t_start, t_end = t[slots], t[slots] + 1.2
         t[slots] += 0.6
-        got = dict(many.step(slots, p, t_start, t_end))
+        got = dict(many.step(slots, p, raised, t_start, t_end))
+        ended_by |= {e.ended_by for e in got.values() if isinstance(e, AngerEnd)}
         for i, s in enumerate(slots.tolist()):
             pi = None if np.isnan(p[i]) else float(p[i])
-            want = singles[s].update(Window(float(t_start[i]), float(t_end[i]), pi, pi is not None and pi >= 0.6, 0.0))
+            ri = None if np.isnan(raised[i]) else float(raised[i])
+            w = Window(float(t_start[i]), float(t_end[i]), pi, pi is not None and pi >= 0.6, 0.0, ri)
+            want = singles[s].update(w)
             assert ([got[i]] if i in got else []) == want
     assert sum(tr.active for tr in singles) == many.active.sum() > 0
+    assert {"calm", "hold"} <= ended_by
 
 
 @pytest.mark.parametrize(

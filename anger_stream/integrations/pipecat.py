@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import audio
-from ..detector import AngerDetector
+from ..detector import AngerDetector, DetectorConfig
 from ..events import AngerEnd, AngerStart, Event, Window
 from ..model import AngerModel
+
+DEFAULTS = DetectorConfig()
 
 try:
     from loguru import logger
@@ -59,7 +61,7 @@ class AngerStartFrame(AngerFrame):
 
 @dataclass
 class AngerEndFrame(AngerFrame):
-    """An anger segment ended: `event` is an `AngerEnd` (t, duration, p_max)."""
+    """An anger segment ended: `event` is an `AngerEnd` (t, duration, p_max, ended_by, last_angry, raised_max)."""
 
 
 @dataclass
@@ -86,18 +88,24 @@ class AngerProcessor(FrameProcessor):
         threshold: float = 0.6,
         patience: int = 1,
         hysteresis: float = 0.1,
+        hold_s: float = DEFAULTS.hold_s,
         min_dbfs: float = audio.MIN_DBFS,
+        config: DetectorConfig | None = None,
         windows: bool = False,
         max_queue: int = 100,
         **kwargs,
     ) -> None:
         """`model`: an ONNX path or an `AngerModel` (default: the packaged one); the detector options as in
-        the CLI; `windows`: also push a frame per window; `max_queue`: audio frames waiting to be scored
+        the CLI (`hold_s` is --hold), or all of them as `config` (a `DetectorConfig`, which then wins);
+        `windows`: also push a frame per window; `max_queue`: audio frames waiting to be scored
         before new ones are dropped. Other keyword arguments go to `FrameProcessor`."""
         super().__init__(**kwargs)
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
-        self.detector = AngerDetector(model, threshold, patience=patience, hysteresis=hysteresis, min_dbfs=min_dbfs)
+        config = config or DetectorConfig(
+            threshold=threshold, patience=patience, hysteresis=hysteresis, hold_s=hold_s, min_dbfs=min_dbfs
+        )
+        self.detector = AngerDetector(model, config=config)
         self.windows = windows
         self.dropped = 0
         self._queue: asyncio.Queue[tuple[np.ndarray, int]] = asyncio.Queue(max_queue)

@@ -76,6 +76,7 @@ def serve(
     min_dbfs: options.MinDbfs = None,
     patience: options.Patience = None,
     hysteresis: options.Hysteresis = None,
+    hold: options.Hold = None,
     config: options.ConfigFile = None,
     events_only: options.EventsOnly = False,
     read_timeout: Annotated[
@@ -218,7 +219,13 @@ def serve(
         except ValueError as exc:
             fail(str(exc), EXIT_USAGE)
     settings = options.detector_settings(
-        config, threshold=threshold, model=model, min_dbfs=min_dbfs, patience=patience, hysteresis=hysteresis
+        config,
+        threshold=threshold,
+        model=model,
+        min_dbfs=min_dbfs,
+        patience=patience,
+        hysteresis=hysteresis,
+        hold=hold,
     )
     detector_config, model = settings.config, settings.model
     for spec in listen:
