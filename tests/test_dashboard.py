@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ANGRY_CLIP, CALM_CLIP
-from serve_support import ServeProcess, free_port, paced_audiosocket_call
+from serve_support import CLI, ServeProcess, free_port, paced_audiosocket_call
 
 from anger_stream.config import DetectorConfig
 from anger_stream.events import AngerEnd, AngerStart, Status, Window
@@ -441,3 +442,9 @@ def scrape_angry(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         lines = response.read().decode().splitlines()
     return float(next(line.split()[1] for line in lines if line.startswith("anger_stream_calls_angry ")))
+
+
+def test_serve_help_says_the_token_guards_the_page_too() -> None:
+    help_text = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True).stdout
+    token_help = " ".join(re.search(r"\n  --token TOKEN(.*?)\n  --", help_text, flags=re.S)[1].split())
+    assert "guards the --dashboard page" in token_help, token_help
