@@ -110,6 +110,8 @@ def prepare_window(segment: np.ndarray, window: int) -> np.ndarray:
     return normalise(segment)
 
 
+NON_FINITE = "contains NaN or infinite samples"
+"""What the Python API and every source of the command line say of audio with NaN or infinite samples."""
 SANE_PEAK = 1e6
 """Samples beyond this (full scale 1.0) are clipped by `sane`: their squares would overflow float32."""
 

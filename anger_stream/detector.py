@@ -6,6 +6,8 @@ event logic in `tracker`; they are re-exported here, where users of the single-s
 
 from __future__ import annotations
 
+from dataclasses import fields
+from difflib import get_close_matches
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,13 @@ MAX_BATCH = 64
 _STREAM = 0
 
 
+def _finite(x: np.ndarray) -> np.ndarray:
+    """Audio given to the API: NaN or infinite samples are refused (ValueError), as the command line does."""
+    if not np.isfinite(x).all():
+        raise ValueError(f"audio {audio.NON_FINITE}")
+    return x
+
+
 class AngerDetector:
     """Streaming anger detection for one audio stream.
 
@@ -65,6 +74,12 @@ class AngerDetector:
     ) -> None:
         """`model`: an AngerModel, a path, a packaged model's name ("fp32", "int8") or None (fp32). The
         detector's parameters come as `config` or as its fields (threshold=, hop_s=, ...), not both."""
+        valid = ", ".join(f.name for f in fields(DetectorConfig) if f.init)
+        unknown = sorted(set(settings) - set(valid.split(", ")))
+        if unknown:
+            close = [m for name in unknown for m in get_close_matches(name, valid.split(", "), n=1)]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise TypeError(f"AngerDetector got an unknown setting {', '.join(unknown)}{hint}; valid: {valid}")
         if config is None:
             config = DetectorConfig(**({} if threshold is None else {"threshold": threshold}), **settings)
         elif threshold is not None or settings:
@@ -97,8 +112,8 @@ class AngerDetector:
 
     def feed(self, samples: np.ndarray, sample_rate: int | None = None) -> list[Event]:
         """Add samples (float in [-1, 1] or integer PCM; mono, or (frames, channels) mixed down); return the
-        events they complete."""
-        x = audio.as_mono(samples)
+        events they complete. ValueError for NaN or infinite samples, as the command line refuses them."""
+        x = _finite(audio.as_mono(samples))
         if sample_rate is not None and sample_rate != self._rate:
             if self._fed:
                 raise ValueError("the sample rate cannot change within a stream; call reset() first")
@@ -121,7 +136,7 @@ class AngerDetector:
         The signal (mono, or (frames, channels) mixed down, as `feed` takes it) is resampled in one go
         (resample_poly) and scored in batches; the detector's own stream is left untouched.
         """
-        x = audio.sane(audio.as_mono(samples))
+        x = audio.sane(_finite(audio.as_mono(samples)))  # clipped within SANE_PEAK
         x = audio.resample(x, check_rate(sample_rate))
         streams = self._streams(audio.SAMPLE_RATE)
         events: list[Event] = []

@@ -46,6 +46,8 @@ class AngerModel:
 
     def __init__(self, path: str | Path | None = None, threads: int = 1) -> None:
         self.path = model_path(path)
+        if self.path.is_dir():
+            raise ModelError(f"model is a folder, not an ONNX file: {self.path}")
         if not self.path.is_file():
             raise ModelError(f"model file not found: {self.path}")
         options = ort.SessionOptions()

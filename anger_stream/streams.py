@@ -308,7 +308,8 @@ class StreamSet:
             for i in range(lo, hi, prep):
                 j = min(i + prep, hi)
                 batch = self._cut(view, slots[i:j], cols[i:j], lens[i:j])
-                lv, prepared = audio.measure_and_normalise(batch)
+                with np.errstate(invalid="ignore", over="ignore"):  # non-finite windows: found and redone below
+                    lv, prepared = audio.measure_and_normalise(batch)
                 bad = np.flatnonzero(~np.isfinite(lv))  # a non-finite sample makes the whole level so
                 if len(bad):
                     batch[bad] = audio.sane(batch[bad])

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from ..audio import mixdown
 from ..files import check_input, shown
-from .errors import InputError
+from .errors import InputError, require_finite
 
 BLOCK = 4096
 _PLACEHOLDER_SIZES = 0x7FFF0000
@@ -61,7 +61,7 @@ def read_frames(
     try:
         for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):
             frames += len(chunk)
-            yield chunk
+            yield require_finite(chunk, shown(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
         reason = _first_line(exc)
         if not frames:
@@ -108,7 +108,7 @@ def read_recording(path: str | Path, cancelled: Callable[[], bool] = lambda: Fal
             for chunk in f.blocks(blocksize=BLOCK, dtype="float32", always_2d=True):  # as the detector reads
                 if cancelled():
                     raise InputError(f"reading {shown(path)} was cancelled")
-                blocks.append(chunk)
+                blocks.append(require_finite(chunk, shown(path)))
         except (sf.LibsndfileError, RuntimeError) as exc:
             reason = _first_line(exc)
             if not blocks:

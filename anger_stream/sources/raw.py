@@ -8,6 +8,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .. import codec
+from ..audio import NON_FINITE
 from .errors import InputError
 
 FORMATS = codec.WIDTHS
@@ -18,7 +19,7 @@ def decode_raw(data: bytes, fmt: str) -> np.ndarray:
     """Bytes of whole samples -> float32 in [-1, 1]; non-finite f32le samples are an input error."""
     x = codec.decode(data, fmt)
     if fmt == "f32le" and not np.all(np.isfinite(x)):
-        raise InputError("f32le input contains NaN or infinite samples (is --format right?)")
+        raise InputError(f"f32le input {NON_FINITE} (is --format right?)")
     return x
 
 

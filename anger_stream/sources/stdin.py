@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import mixdown
-from .errors import InputError
+from .errors import InputError, require_finite
 from .file import BLOCK
 
 SNIFF_BYTES = 12
@@ -70,7 +70,7 @@ def read_stream(f: sf.SoundFile, name: str = "standard input", block: int = BLOC
     try:
         while len(chunk := f.read(block, dtype="float32", always_2d=True)):
             total += len(chunk)
-            yield mixdown(chunk)
+            yield mixdown(require_finite(chunk, name))
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise InputError(f"cannot decode {name}: {str(exc).splitlines()[0]}") from None
     finally:
