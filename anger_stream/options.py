@@ -148,6 +148,8 @@ def read_settings_file(path: Path) -> dict[str, Any]:
         fail(f"--config {path}: {exc.strerror or exc}", EXIT_USAGE)
     except (ValueError, UnicodeDecodeError) as exc:
         fail(f"--config {path}: not a JSON settings file ({exc})", EXIT_USAGE)
+    except RecursionError:  # Python's parser recurses once per level of nesting
+        fail(f"--config {path}: not a JSON settings file (nested too deep)", EXIT_USAGE)
     if not isinstance(data, dict):
         fail(f"--config {path}: expected a JSON object of settings", EXIT_USAGE)
     unknown = sorted(set(data) - set(FILE_KEYS) - {"model"})

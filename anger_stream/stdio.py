@@ -10,9 +10,11 @@ Lines for people go to stderr only: with stderr closed or full they are dropped,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import NoReturn
+from contextlib import AbstractContextManager
+from typing import Any, NoReturn
 
 import typer
 
@@ -76,13 +78,14 @@ def _discard_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
 
 
-def emit_line(line: str) -> None:
-    """Write one JSON line to stdout and flush it at once."""
+def emit_line(line: str, lock: AbstractContextManager[Any] | None = None) -> None:
+    """Write one JSON line to stdout and flush it at once (holding `lock`, if given, meanwhile)."""
     if sys.stdout is None:  # started with stdout closed (`>&-`)
         raise OutputError("cannot write to stdout: it is closed")
     try:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        with lock or contextlib.nullcontext():
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
     except BrokenPipeError:
         _discard_stdout()
         raise StdoutClosed from None

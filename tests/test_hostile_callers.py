@@ -6,6 +6,7 @@ it matters; the bounds asserted (memory, closing) have wide margins, they are no
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -121,20 +122,18 @@ def test_slow_senders_are_closed() -> None:
         assert srv.stop() == 0
 
 
-def test_a_dtmf_flood_gives_bounded_output(speech: np.ndarray) -> None:
+def test_a_dtmf_flood_is_closed_with_bounded_output(speech: np.ndarray) -> None:
     srv = ServeProcess()
     try:
         call = str(uuid.uuid4())
         with socket.create_connection(("127.0.0.1", srv.ports["audiosocket"])) as s:
             s.sendall(a.uuid_frame(call) + a.audio_frame(speech[:1600]))
-            s.sendall(a.dtmf_frame("7") * 20_000)
-            s.sendall(b"".join(a.audio_frame(speech[i : i + 160]) for i in range(1600, len(speech), 160)))
-            s.sendall(a.hangup_frame())
+            with contextlib.suppress(OSError):  # reset by the server
+                s.sendall(a.dtmf_frame("7") * 20_000)
         events = srv.call_events(call, timeout=30)
         dtmf = [e for e in events if e.get("state") == "dtmf"]
-        assert 0 < len(dtmf) < 100
-        assert events[-1]["dtmf_dropped"] == 20_000 - len(dtmf)
-        assert_same_events([e for e in events[:-1] if e not in dtmf], expected_lines(speech, 8000, call))
+        assert 0 < len(dtmf) <= 100
+        assert events[-1]["error_kind"] == "flood" and "more than 20 DTMF digits a second" in events[-1]["error"]
     finally:
         assert srv.stop() == 0
 

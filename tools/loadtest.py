@@ -15,6 +15,10 @@ Hostile callers beside the real-time calls (docs/reliability.md), whose own line
     --ping-flood N  Media Streams connections flooding pings and never reading the pongs
     --slowloris N   connections sending one byte every 5 s (a frame or an HTTP request that never completes)
     --dtmf N        one more AudioSocket call that sends N DTMF frames at once, then audio in real time
+    --pong-flood N  Media Streams connections that start a call, send one media message, then pongs as fast as
+                    the server reads them; each connects again when the server closes it
+    --stderr-flood N  the server's stderr is a pipe nobody reads, and N connections (spread over the first
+                    half of the run) each send one frame the server refuses with a line on stderr
 """
 
 from __future__ import annotations
@@ -112,7 +116,13 @@ class LoadTest:
         self.late_ticks = 0
         self.max_lag = 0.0
         self.streaming = True  # hostile connections run until the server closes them or stops
-        self.hostile: dict[str, list[float]] = {"flood_bytes": [], "ping_flood_closed_s": [], "slowloris_closed_s": []}
+        self.hostile: dict[str, list[float]] = {
+            "flood_bytes": [],
+            "ping_flood_closed_s": [],
+            "slowloris_closed_s": [],
+            "pong_flood_closed_s": [],
+            "stderr_flood_sent": [],
+        }
         self.dtmf_call = str(uuid.uuid4())
         self.dtmf_lines = 0
         self.rss_mb: list[tuple[float, float]] = []  # (time, MB)
@@ -139,7 +149,8 @@ class LoadTest:
         cmd += ["--workers", str(self.args.workers), "--read-timeout", str(self.args.read_timeout)]
         for endpoint in ("metrics", "dashboard"):
             cmd += [f"--{endpoint}", "127.0.0.1:0"] if getattr(self.args, endpoint) else []
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, limit=1 << 20)
+        stderr = asyncio.subprocess.PIPE if self.args.stderr_flood else None  # never read
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=stderr, limit=1 << 20)
         ready, ports = 0, {}
         while ready < self.args.workers * len(self.protocols):  # every worker has its model loaded and listens
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
@@ -240,6 +251,47 @@ class LoadTest:
         except OSError:
             self.hostile["ping_flood_closed_s"].append(round(time.monotonic() - started, 2))
 
+    async def pong_flood(self, port: int) -> None:
+        """Media Streams calls that send pongs as fast as the server reads them; each, once closed, connects
+        again (seconds each lasted)."""
+        while self.streaming:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+                ws = await ws_handshake(reader, writer, f"ws://127.0.0.1:{port}/media")
+                ws.send_text(mediastream.start_message("MZpong", f"CApong{uuid.uuid4().hex}").encode())
+                ws.send_text(mediastream.media_message("MZpong", self.frames["mediastream"][0], 1, 0).encode())
+                writer.write(b"".join(ws.data_to_send()))
+                for _ in range(64):
+                    ws.send_pong(b"")
+                pongs, started = b"".join(ws.data_to_send()), time.monotonic()
+                while self.streaming:
+                    writer.write(pongs)
+                    await writer.drain()
+                    await asyncio.sleep(0.001)
+            except OSError:
+                self.hostile["pong_flood_closed_s"].append(round(time.monotonic() - started, 2))
+                await asyncio.sleep(0.01)
+
+    async def stderr_flood(self, port: int) -> None:
+        """--stderr-flood connections, spread over the first half of the run, each sending one frame the server
+        refuses (an AudioSocket frame of unknown kind, or a Media Streams upgrade to a bad request)."""
+        bad = audiosocket.frame(0x42, b"x" * 100) if self.protocols[0] == "audiosocket" else b"GET / HTTP/1.0\r\n\r\n"
+        pause = self.n_frames * FRAME_S / 2 / self.args.stderr_flood
+        sent = 0
+        for _ in range(self.args.stderr_flood):
+            if not self.streaming:
+                break
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(bad)
+                await writer.drain()
+                writer.close()
+                sent += 1
+            except OSError:
+                pass
+            await asyncio.sleep(pause)
+        self.hostile["stderr_flood_sent"].append(sent)
+
     async def slowloris(self, port: int) -> None:
         """One byte every 5 s of a frame or HTTP request that never completes; seconds until the server closes it."""
         if self.protocols[0] == "audiosocket":
@@ -288,6 +340,8 @@ class LoadTest:
         coros += [self.ping_flood(ports["mediastream"]) for _ in range(a.ping_flood)]
         coros += [self.slowloris(first) for _ in range(a.slowloris)]
         coros += [self.dtmf_flood(ports["audiosocket"])] if a.dtmf else []
+        coros += [self.pong_flood(ports["mediastream"]) for _ in range(a.pong_flood)]
+        coros += [self.stderr_flood(first)] if a.stderr_flood else []
         return [asyncio.create_task(c) for c in coros]
 
     async def stream(self) -> None:
@@ -418,6 +472,11 @@ class LoadTest:
             out["slowloris"] = {"connections": a.slowloris, "closed": len(closed), "max_s": max(closed, default=None)}
         if a.dtmf:
             out["dtmf"] = {"frames": a.dtmf, "lines_out": self.dtmf_lines}
+        if a.pong_flood:
+            closed = h["pong_flood_closed_s"]
+            out["pong_flood"] = {"connections": a.pong_flood, "closed": len(closed), "max_s": max(closed, default=None)}
+        if a.stderr_flood:
+            out["stderr_flood"] = {"connections": sum(h["stderr_flood_sent"])}
         return out
 
     def peak_concurrency(self) -> int:
@@ -475,6 +534,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ping-flood", type=int, default=0, help="Media Streams ping floods never reading (hostile)")
     parser.add_argument("--slowloris", type=int, default=0, help="connections sending a byte every 5 s (hostile)")
     parser.add_argument("--dtmf", type=int, default=0, help="DTMF frames sent at once by one more call (hostile)")
+    parser.add_argument("--pong-flood", type=int, default=0, help="Media Streams pong floods, reconnecting (hostile)")
+    parser.add_argument("--stderr-flood", type=int, default=0, help="refused connections, stderr unread (hostile)")
     parser.add_argument("--metrics", action="store_true", help="the server serves --metrics on a loopback port")
     parser.add_argument("--dashboard", action="store_true", help="the server serves --dashboard on a loopback port")
     args = parser.parse_args(argv)
@@ -485,10 +546,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     wrong = (
         args.protocol == "mediastream"
         if args.flood or args.dtmf
-        else args.ping_flood and args.protocol == "audiosocket"
+        else (args.ping_flood or args.pong_flood) and args.protocol == "audiosocket"
     )
     if wrong:
-        parser.error("--flood and --dtmf need AudioSocket calls, --ping-flood Media Streams calls")
+        parser.error("--flood and --dtmf need AudioSocket calls, --ping-flood and --pong-flood Media Streams calls")
     if args.protocol == "mixed" and not args.target.endswith(":0"):
         parser.error("--protocol mixed needs a --target with port 0 (each protocol gets its own port)")
     return args

@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -80,7 +81,10 @@ def serve(
     config: options.ConfigFile = None,
     events_only: options.EventsOnly = False,
     read_timeout: Annotated[
-        float, typer.Option(min=0.1, metavar="SECONDS", help="Close a call that sends nothing for this many seconds.")
+        float,
+        typer.Option(
+            min=0.1, max=3600, metavar="SECONDS", help="Close a call that sends no audio for this many seconds."
+        ),
     ] = 10.0,
     marks: Annotated[
         bool, typer.Option("--marks", help="Media Streams: send a mark per anger event (bidirectional streams).")
@@ -171,11 +175,12 @@ def serve(
     from ..stdio import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, StdoutClosed, emit_line, fail, require
     from ..streams import StreamSet
     from .audiosocket_connection import AudioSocketConnection
-    from .hub import Hub, ScoringThread, log, tee
+    from .hub import Hub, ScoringThread, tee
+    from .log import log, writing
     from .security import Policy, exposure_warning, parse_network, tls_context
     from .server import Listen, ListenError
     from .server import serve as run_servers
-    from .workers import bind
+    from .workers import LineLock, bind
     from .workers import run as run_workers
 
     if audiosocket is None and mediastream is None and websocket_pcm is None:
@@ -237,6 +242,7 @@ def serve(
         fail(str(exc), EXIT_MODEL)
 
     snapshots = None
+    write = emit_line if workers == 1 else partial(emit_line, lock=LineLock())
     if workers > 1 and not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):
         fail("--workers needs fork() and SO_REUSEPORT (Linux); run one server per port instead", EXIT_USAGE)
 
@@ -252,7 +258,7 @@ def serve(
             held_s=detector_config.window_s + MAX_TAKE_S,
         )
         streams.warm_up()
-        sink, on_tick = json_lines(emit_line, events_only), None
+        sink, on_tick = json_lines(write, events_only), None
         if metrics_at is not None:
             from .prometheus import CallMetrics
 
@@ -272,7 +278,8 @@ def serve(
             sink = tee(sink, webhooks.events)
         hub = Hub(Calls(), ScoringThread(streams), sink, on_tick)
         try:
-            asyncio.run(run_servers(hub, listen, read_timeout, marks, worker, policy))
+            with writing():  # stderr lines from a thread: a stderr nobody reads cannot stall the calls
+                asyncio.run(run_servers(hub, listen, read_timeout, marks, worker, policy))
         except StdoutClosed:
             return
         except ListenError as exc:
@@ -362,7 +369,7 @@ def _dashboard(host: str, port: int, workers: int, token: str | None, config: De
 def _listening(protocol: str, host: str, port: int, exposed: str) -> None:
     """The `listening` line and log line of an endpoint; a warning if `exposed` says why one beyond loopback is."""
     from ..stdio import emit_line
-    from .hub import log
+    from .log import log
     from .security import is_loopback
 
     log(f"{protocol} listening on {host}:{port}")

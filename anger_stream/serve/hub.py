@@ -11,7 +11,6 @@ arriving meanwhile goes into the next batch, so batches grow with load.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 from ..calls import CallEvent, Calls
 from ..events import Event, Status, Window
 from ..streams import Feed, Scored, StreamSet
+from .log import log
 
 Sink = Callable[[list[CallEvent]], None]
 """Where events go: JSON lines on stdout (serve/command.py), or an application's own handler."""
@@ -46,11 +46,6 @@ def tee(*sinks: Sink) -> Sink:
             each(events)
 
     return sink
-
-
-def log(message: str) -> None:
-    """One line for people on stderr."""
-    print(f"anger-stream serve: {message}", file=sys.stderr, flush=True)
 
 
 class Reader(Protocol):

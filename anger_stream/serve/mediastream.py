@@ -90,8 +90,23 @@ def _quote(value: Any, limit: int = 40) -> str:
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _refuse_constant(name: str) -> None:
+    raise MediaStreamError(f"invalid JSON: {name} is not a JSON value")
+
+
+def _json(message: str) -> Any:
+    """A message's JSON value; MediaStreamError for invalid JSON, NaN or Infinity, or nesting so deep that
+    Python's parser (which recurses once per level) gives up."""
+    try:
+        return json.loads(message, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise MediaStreamError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise MediaStreamError("invalid JSON: nested too deep") from None
 
 
 class Parser:
@@ -101,20 +116,21 @@ class Parser:
         self.start: Start | None = None
         self.done = False
         self._law = "mulaw"
+        self._connected = False
 
     def receive(self, message: str | bytes) -> MediaStreamEvent:
         if self.done:
             raise MediaStreamError("message after stop")
         if not isinstance(message, str):
             raise MediaStreamError("binary WebSocket message (Media Streams messages are JSON text)")
-        try:
-            msg = json.loads(message)
-        except ValueError as exc:
-            raise MediaStreamError(f"invalid JSON: {exc}") from None
+        msg = _json(message)
         if not isinstance(msg, dict):
             raise MediaStreamError("message is not a JSON object")
         event = _get(msg, "event", str, "message")
         if event == "connected":
+            if self._connected or self.start is not None:
+                raise MediaStreamError("a second 'connected' or one after 'start'")
+            self._connected = True
             return Connected(str(msg.get("protocol", "")))
         if event == "start":
             return self._start(msg)
@@ -126,7 +142,10 @@ class Parser:
         if event == "media":
             return self._media(_get(msg, "media", dict, "message"))
         if event == "dtmf":
-            return MediaStreamDtmf(str(_get(_get(msg, "dtmf", dict, "message"), "digit", str, "dtmf")))
+            digit = _get(_get(msg, "dtmf", dict, "message"), "digit", str, "dtmf")
+            if len(digit) != 1 or not " " < digit < "\x7f":
+                raise MediaStreamError(f"dtmf.digit {_quote(digit)} is not one printable ASCII character")
+            return MediaStreamDtmf(digit)
         if event == "mark":
             return Mark(_get(_get(msg, "mark", dict, "message"), "name", str, "mark"))
         if event == "stop":

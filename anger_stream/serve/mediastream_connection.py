@@ -20,7 +20,7 @@ from websockets.server import ServerProtocol
 
 from ..events import Event, Status, Window
 from . import mediastream
-from .hub import log
+from .log import log
 from .security import Refusal
 from .server import CallConnection, Server
 
@@ -33,8 +33,6 @@ CLOSE_WAIT_S = 2.0
 QUIET = logging.getLogger("anger_stream.serve.websockets")
 QUIET.setLevel(logging.CRITICAL)  # rejected handshakes would be logged with tracebacks
 CLEAN_CLOSE = {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD}
-MAX_PINGS_PER_S = 50
-"""More pings than this within a second close the connection (platforms ping every few seconds at most)."""
 END_OF_REQUEST = b"\r\n\r\n"
 
 
@@ -54,7 +52,6 @@ class MediaStreamConnection(CallConnection):
         self._frames: deque[Request | Frame] = deque()
         self._eof_fed = False
         self._ws_done = False
-        self._pings: deque[float] = deque(maxlen=MAX_PINGS_PER_S + 1)  # when the last pings arrived
 
     def _feed(self, data: bytes) -> None:
         self._inbox += data
@@ -122,7 +119,9 @@ class MediaStreamConnection(CallConnection):
         elif event.opcode is Opcode.CLOSE:
             self._closed_by_peer()
         elif event.opcode is Opcode.PING:
-            self._pinged()
+            self.counted("pings")  # websockets answers it
+        elif event.opcode is Opcode.PONG:
+            self.counted("pongs")
         self._flush()
 
     def _flush(self) -> None:
@@ -150,7 +149,7 @@ class MediaStreamConnection(CallConnection):
 
     def _refuse(self, refusal: Refusal) -> Response:
         """An upgrade without the credential the policy requires: 401 or 403, one line on stderr, no call."""
-        log(f"refused {self.protocol} connection from {self.peer}: {refusal.reason}")
+        log(f"refused {self.protocol} connection from {self.peer}: {refusal.reason}", self.host)
         response = self.ws.reject(refusal.status, f"{HTTPStatus(refusal.status).phrase}\n")
         if refusal.status == HTTPStatus.UNAUTHORIZED:
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -181,7 +180,9 @@ class MediaStreamConnection(CallConnection):
 
     def _message(self, event: mediastream.MediaStreamEvent) -> None:
         if isinstance(event, mediastream.Media):
-            if event.track == "inbound" and self.opened:
+            if event.track != "inbound":
+                self.counted("media of other tracks")
+            elif self.opened:
                 self.push(event.payload)
         elif isinstance(event, mediastream.Start):
             self.name(event.call_id)
@@ -193,15 +194,10 @@ class MediaStreamConnection(CallConnection):
             self.saw()
         elif isinstance(event, mediastream.MediaStreamDtmf):
             self.dtmf(event.digit)
+        elif isinstance(event, mediastream.Mark):
+            self.counted("marks")
         elif isinstance(event, mediastream.MediaStreamStop):
             self.end()
-
-    def _pinged(self) -> None:
-        """A ping (websockets answers it); a flood of them closes the connection."""
-        self._pings.append(now := self.loop.time())
-        if len(self._pings) > MAX_PINGS_PER_S and now - self._pings[0] < 1.0:
-            self.fail(f"more than {MAX_PINGS_PER_S} pings a second", "ping_flood")
-            self.transport.abort()  # no closing handshake: a flooding peer may never answer it
 
     def _closed_by_peer(self) -> None:
         """A close frame without `stop`: a clean close ends the call, any other code is an error."""

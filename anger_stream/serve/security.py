@@ -26,6 +26,8 @@ WEBHOOK_SECRET_ENV = "ANGER_STREAM_WEBHOOK_SECRET"
 MIN_TOKEN = 16
 """Shortest shared token accepted (characters); `openssl rand -hex 32` makes a good one."""
 SIGNATURE_HEADER = "X-Twilio-Signature"
+MAX_URL = 200
+"""Characters of the URL a refusal names (the path comes from the peer)."""
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -184,7 +186,7 @@ class Policy:
         if signature is not None:
             url = signed_urls(host, urlsplit(path)._replace(query="").geturl())[0]
             reasons.append(
-                f"{SIGNATURE_HEADER} does not match {url}"
+                f"{SIGNATURE_HEADER} does not match {url if len(url) <= MAX_URL else url[:MAX_URL] + '...'}"
                 if self.twilio_auth_token is not None
                 else f"{SIGNATURE_HEADER}, but serve has no Twilio auth token (--twilio-auth-token)"
             )

@@ -9,10 +9,12 @@ protocol by name.
 
 Defences against callers that misbehave, all per connection: at most MAX_EVENTS_PER_TURN frames are handled
 before other connections get a turn (a connection that used its whole turn waits TURN_PAUSE_S); reading
-pauses while the hub holds the call (audio too far ahead of scoring or of real time); a peer that leaves
-more than MAX_OUTPUT bytes unread is closed; one watchdog closes connections that send no complete frame
-(audio, once the call has started) for --read-timeout seconds or whose audio falls below MIN_SPEED times
-real time. Problems with one call go to stderr and end that call only.
+pauses while the hub holds the call (audio too far ahead of scoring or of real time); each kind of message
+has its rate bound (MESSAGE_RATES: more closes the connection); a peer that leaves more than MAX_OUTPUT
+bytes unread is closed; one watchdog closes connections that send no audio (no complete frame before the
+call has started) for --read-timeout seconds, whatever else they send, or whose audio falls below MIN_SPEED
+times real time. Problems with one call go to stderr (log.py: never blocking, limited per peer host) and end
+that call only.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .. import codec
 from ..calls import ChannelId, DuplicateCall
 from ..events import Event, Status
-from .hub import Hub, log
+from .hub import Hub
+from .log import log
 from .security import Policy
 
 BACKLOG = 1024
@@ -47,10 +51,44 @@ MAX_OUTPUT = 1 << 18
 """Bytes queued for a peer that does not read them (WebSocket pongs, say) before it is closed."""
 MIN_SPEED = 0.5
 """A call whose audio falls this far behind real time (beyond --read-timeout of slack) is closed."""
+MESSAGE_RATES = {
+    "DTMF digits": (20, 100),
+    "marks": (50, 100),
+    "pings": (50, 50),
+    "pongs": (50, 50),
+    "short audio frames": (100, 200),
+    "media of other tracks": (100, 500),
+}
+"""Messages of each kind that are not progress: how many a connection may send per second, and at once;
+more closes it (`flood`). A call sends a few digits a second, a mark per mark the server sent, a ping every
+few seconds, 50 media messages a second on its outbound track. Audio is paced by flow control, by its
+bytes; frames carrying less than SHORT_FRAME_S of audio (empty ones included) count here, so that tiny
+frames cannot multiply the work per second of audio."""
+SHORT_FRAME_S = 0.005
+"""Audio frames shorter than this are counted as `short audio frames` (calls send 20 ms)."""
+
+
+class Allowance:
+    """A token bucket: at most `burst` at once, `rate` a second after that."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.when = rate, burst, burst, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.when) * self.rate)
+        self.when = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 def peer_name(address: Any) -> str:
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else str(address)
+
+
+def peer_host(address: Any) -> str:
+    return str(address[0]) if isinstance(address, tuple) and address else str(address)
 
 
 class CallConnection(asyncio.Protocol):
@@ -59,7 +97,8 @@ class CallConnection(asyncio.Protocol):
     The call's life: `name` (the protocol named the call), `open` (its audio format is known), `push`
     audio, `end` or `fail`; a call of several channels is one stream per channel in the hub (`streams`).
     `hold`/`release` pause reading for a reason ("turn": others' turn; "flow": the hub's flow control); reading
-    resumes when no reason is left.
+    resumes when no reason is left. Only audio is progress (`saw`); every
+    other message is `counted` against its kind's rate.
     """
 
     protocol: ClassVar[str]  # the name in options, log lines and `listening` lines
@@ -73,6 +112,8 @@ class CallConnection(asyncio.Protocol):
         self.eof = False
         self.streams: list[str] = []  # the call's ids in the hub, once open: one, or one per channel
         self._holds: set[str] = set()
+        self._allowances: dict[str, Allowance] = {}
+        self._short_frame = 0  # bytes: shorter audio frames are counted (set when the call opens)
 
     # asyncio.Protocol
 
@@ -80,6 +121,7 @@ class CallConnection(asyncio.Protocol):
         self.transport = transport
         self.loop = asyncio.get_running_loop()
         self.peer = peer_name(transport.get_extra_info("peername"))
+        self.host = peer_host(transport.get_extra_info("peername"))
         self.call_id = f"{self.protocol}:{self.peer}"  # until the protocol names the call
         self.seen = self.opened_at = self.loop.time()  # last complete frame (audio once open)
         if not self.server.admits(self.protocol, transport):
@@ -152,14 +194,33 @@ class CallConnection(asyncio.Protocol):
         if reason not in self._holds:
             return
         self._holds.discard(reason)
+        if reason == "flow":
+            self.seen = self.loop.time()  # not reading was our doing (the call was ahead)
         if not self._holds and not self.transport.is_closing():
-            self.seen = self.loop.time()  # not reading was our doing
             self.transport.resume_reading()
             self._turn()
 
     @property
     def held(self) -> bool:
         return bool(self._holds)
+
+    @property
+    def paced(self) -> bool:
+        """Not read because its audio is ahead (the hub's flow control): not a stall."""
+        return "flow" in self._holds
+
+    def counted(self, kind: str) -> bool:
+        """One more message of `kind` (a key of MESSAGE_RATES); beyond its rate the connection is closed
+        (False)."""
+        now = self.loop.time()
+        allowance = self._allowances.get(kind) or self._allowances.setdefault(
+            kind, Allowance(*MESSAGE_RATES[kind], now)
+        )
+        if allowance.take(now):
+            return True
+        self.fail(f"more than {MESSAGE_RATES[kind][0]} {kind} a second", "flood")
+        self.transport.abort()  # no closing handshake: a flooding peer may never answer it
+        return False
 
     # the call
 
@@ -208,15 +269,19 @@ class CallConnection(asyncio.Protocol):
             return
         self.opened = True
         self.opened_at = self.loop.time()
+        self._short_frame = round(SHORT_FRAME_S * sample_rate * codec.WIDTHS[encoding])
 
     def push(self, data: bytes, channel: int = 0) -> None:
         """Audio of the open call (of one of its channels)."""
-        self.saw()
-        self.hub.push(self.streams[channel], data, self.seen)
+        if len(data) < self._short_frame and not self.counted("short audio frames"):
+            return
+        if data:
+            self.saw()
+            self.hub.push(self.streams[channel], data, self.seen)
 
     def dtmf(self, digit: str) -> None:
         """A DTMF digit (ignored before the call has started)."""
-        if self.opened and not self.over:
+        if self.counted("DTMF digits") and self.opened and not self.over:
             self.hub.dtmf(self.streams[0], digit)
 
     def end(self, state: str = "end", info: dict[str, Any] | None = None) -> None:
@@ -232,7 +297,7 @@ class CallConnection(asyncio.Protocol):
         names the error for machines (`error_kind`; the README lists them)."""
         if self.over:
             return
-        log(f"call {self.call_id}: {message}; closing it")
+        log(f"call {self.call_id}: {message}; closing it", self.host)
         if self.opened:
             self.end("error", {"error": message, "error_kind": kind})
         else:
@@ -300,7 +365,7 @@ class Server:
         address = transport.get_extra_info("peername")
         if self.policy.admits(address[0] if isinstance(address, tuple) else ""):
             return True
-        log(f"refused {protocol} connection from {peer_name(address)}: not in --allow")
+        log(f"refused {protocol} connection from {peer_name(address)}: not in --allow", peer_host(address))
         transport.abort()
         return False
 
@@ -317,7 +382,7 @@ class Server:
             await asyncio.sleep(min(self.read_timeout / 4, 1.0))
             now, slack = loop.time(), self.read_timeout
             for conn in list(self.connections):
-                if conn.held or conn.over:
+                if conn.paced or conn.over:
                     continue
                 if now - conn.seen > self.read_timeout:
                     self._close(conn, f"{conn.idle_error} for {self.read_timeout:g} s", "timeout")

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -23,6 +25,21 @@ from .server import BACKLOG, Listen, ListenError
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+class LineLock:
+    """Each worker's stdout lines whole, whatever their length: a POSIX record lock on one temporary file,
+    taken around each line's write and flush (a pipe writes only 4,096 bytes atomically). The lock belongs
+    to the process that took it, so the workers exclude each other, and the kernel releases it if one dies."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (held for the life of the process)
+
+    def __enter__(self) -> None:
+        fcntl.lockf(self._file, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.lockf(self._file, fcntl.LOCK_UN)
 
 
 def bind(listen: list[Listen], workers: int) -> list[list[Listen]]:
