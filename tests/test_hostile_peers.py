@@ -273,3 +273,29 @@ def test_a_deeply_nested_config_file_is_one_error_line(tmp_path: Path) -> None:
     config.write_text("[" * 100_000 + "]" * 100_000)
     done = subprocess.run([CLI, "serve", "--audiosocket", "0", "--config", str(config)], capture_output=True, text=True)
     assert done.returncode == 2 and "nested too deep" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("[" * 32_000 + "]" * 32_000, "nested too deep"),
+        ('{"event":"x","n":NaN}', "NaN"),
+        ('{"callSid":"CAx","sampleRate":"\u00b2k"}', "unsupported sample rate"),
+    ],
+)
+def test_websocket_pcm_parser_edge_cases_are_protocol_errors(message: str, error: str) -> None:
+    from anger_stream.serve import websocket_pcm as w
+
+    srv = ServeProcess(protocols=("websocket-pcm",))
+    try:
+        call = f"CA{uuid.uuid4().hex}"
+        first = [] if message.startswith('{"callSid"') else [w.metadata_message(call)]
+        _ws_until_closed(srv.ports["websocket-pcm"], [*first, message], seconds=3)
+        if first:
+            final = _final(srv, call)
+        else:
+            final = next(e for e in (srv.next() for _ in range(5)) if e.get("state") == "error")
+        assert final["error_kind"] == "protocol" and error in final["error"], final
+    finally:
+        assert srv.stop() == 0
+    assert "internal error" not in "".join(srv.stderr) and "Traceback" not in "".join(srv.stderr)

@@ -94,19 +94,19 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def _refuse_constant(name: str) -> None:
-    raise MediaStreamError(f"invalid JSON: {name} is not a JSON value")
+def json_value(message: str, error: type[MediaStreamError] = MediaStreamError) -> Any:
+    """A message's JSON value; `error` for invalid JSON, NaN or Infinity, or nesting so deep that Python's
+    parser (which recurses once per level) gives up."""
 
+    def refuse(name: str) -> None:
+        raise error(f"invalid JSON: {name} is not a JSON value")
 
-def _json(message: str) -> Any:
-    """A message's JSON value; MediaStreamError for invalid JSON, NaN or Infinity, or nesting so deep that
-    Python's parser (which recurses once per level) gives up."""
     try:
-        return json.loads(message, parse_constant=_refuse_constant)
+        return json.loads(message, parse_constant=refuse)
     except ValueError as exc:
-        raise MediaStreamError(f"invalid JSON: {exc}") from None
+        raise error(f"invalid JSON: {exc}") from None
     except RecursionError:
-        raise MediaStreamError("invalid JSON: nested too deep") from None
+        raise error("invalid JSON: nested too deep") from None
 
 
 class Parser:
@@ -123,7 +123,7 @@ class Parser:
             raise MediaStreamError("message after stop")
         if not isinstance(message, str):
             raise MediaStreamError("binary WebSocket message (Media Streams messages are JSON text)")
-        msg = _json(message)
+        msg = json_value(message)
         if not isinstance(msg, dict):
             raise MediaStreamError("message is not a JSON object")
         event = _get(msg, "event", str, "message")

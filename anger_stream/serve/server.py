@@ -58,12 +58,13 @@ MESSAGE_RATES = {
     "pongs": (50, 50),
     "short audio frames": (100, 200),
     "media of other tracks": (100, 500),
+    "notices": (20, 100),
 }
 """Messages of each kind that are not progress: how many a connection may send per second, and at once;
 more closes it (`flood`). A call sends a few digits a second, a mark per mark the server sent, a ping every
-few seconds, 50 media messages a second on its outbound track. Audio is paced by flow control, by its
-bytes; frames carrying less than SHORT_FRAME_S of audio (empty ones included) count here, so that tiny
-frames cannot multiply the work per second of audio."""
+few seconds, 50 media messages a second on its outbound track, a notice now and then. Audio is paced by
+flow control, by its bytes; frames carrying less than SHORT_FRAME_S of audio (empty ones included) count
+here, so that tiny frames cannot multiply the work per second of audio."""
 SHORT_FRAME_S = 0.005
 """Audio frames shorter than this are counted as `short audio frames` (calls send 20 ms)."""
 
@@ -194,8 +195,8 @@ class CallConnection(asyncio.Protocol):
         if reason not in self._holds:
             return
         self._holds.discard(reason)
-        if reason == "flow":
-            self.seen = self.loop.time()  # not reading was our doing (the call was ahead)
+        if reason.startswith("flow"):
+            self.seen = self.loop.time()  # not reading was our doing (the call, or a channel, was ahead)
         if not self._holds and not self.transport.is_closing():
             self.transport.resume_reading()
             self._turn()
@@ -207,7 +208,7 @@ class CallConnection(asyncio.Protocol):
     @property
     def paced(self) -> bool:
         """Not read because its audio is ahead (the hub's flow control): not a stall."""
-        return "flow" in self._holds
+        return any(reason.startswith("flow") for reason in self._holds)
 
     def counted(self, kind: str) -> bool:
         """One more message of `kind` (a key of MESSAGE_RATES); beyond its rate the connection is closed

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .mediastream import MAX_ID, RATES, MediaStreamError, _quote
+from .mediastream import MAX_ID, RATES, MediaStreamError, _quote, json_value
 
 CALL_ID_KEYS = ("callSid", "callId", "call_id", "uuid")
 MIX_TYPES = {"mono": 1, "mixed": 1, "stereo": 2}
@@ -72,9 +72,9 @@ def _rate(meta: dict[str, Any]) -> int:
         if kind.strip().lower() != "audio/l16":
             raise WebSocketPcmError(f"unsupported content-type {_quote(meta['content-type'])} (expected audio/l16)")
         rate = dict(p.strip().partition("=")[::2] for p in params.split(";")).get("rate")
-    if isinstance(rate, str) and rate.lower().endswith("k") and rate[:-1].isdigit():
+    if isinstance(rate, str) and rate.lower().endswith("k") and rate[:-1].isdecimal():
         rate = int(rate[:-1]) * 1000
-    elif isinstance(rate, str) and rate.isdigit():
+    elif isinstance(rate, str) and rate.isdecimal():
         rate = int(rate)
     if rate is None:
         raise WebSocketPcmError("the metadata names no sample rate (sampleRate, or content-type audio/l16;rate=N)")
@@ -121,10 +121,7 @@ class Parser:
     def receive(self, message: str | bytes) -> WebSocketPcmEvent:
         if isinstance(message, bytes):
             return self._audio(message)
-        try:
-            msg = json.loads(message)
-        except ValueError as exc:
-            raise WebSocketPcmError(f"invalid JSON: {exc}") from None
+        msg = json_value(message, WebSocketPcmError)
         if not isinstance(msg, dict):
             raise WebSocketPcmError("text message is not a JSON object")
         if self.metadata is None:

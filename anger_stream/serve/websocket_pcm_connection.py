@@ -42,3 +42,5 @@ class WebSocketPcmConnection(MediaStreamConnection):
             self.saw()
         elif isinstance(event, websocket_pcm.Dtmf):
             self.dtmf(event.digit)
+        elif isinstance(event, websocket_pcm.Notice):
+            self.counted("notices")
