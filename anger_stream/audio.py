@@ -143,9 +143,9 @@ def mixdown(samples: np.ndarray) -> np.ndarray:
     samples = np.asarray(samples)
     if samples.ndim == 1:
         return samples
-    if samples.ndim != 2:
+    if samples.ndim != 2 or samples.shape[1] == 0:
         raise ValueError(f"audio must be 1-D (mono) or 2-D (frames, channels), not of shape {samples.shape}")
-    return samples.mean(axis=1, dtype=np.float32)
+    return samples.mean(axis=1, dtype=np.float64).astype(np.float32)  # float32 sums of loud channels overflow
 
 
 def as_mono(samples: np.ndarray) -> np.ndarray:

@@ -172,11 +172,12 @@ class StreamSet:
         return round((self.held_s + self.config.hop_s) * rate)
 
     def push(self, stream_id: Hashable, samples: np.ndarray) -> None:
-        """Queue float samples in [-1, 1] (or integer PCM) for one stream. Non-finite samples count as silence
+        """Queue float samples in [-1, 1] (or integer PCM) for one stream: mono, or (frames, channels) mixed
+        down, checked as `AngerDetector.feed` checks them (`audio.as_mono`). Non-finite samples count as silence
         (and samples beyond +-audio.SANE_PEAK are clipped to it): a window holding one is measured again
         without it, a block of input to the resampler is cleaned before filtering."""
         slot = self._slots[stream_id]
-        x = audio.to_float(samples).reshape(-1)
+        x = audio.as_mono(samples)
         if self._ended[slot]:
             raise ValueError(f"stream {stream_id!r} has ended")
         lane = self._lane_of[slot]

@@ -294,3 +294,35 @@ def test_infinite_samples_in_a_stream_are_silence_without_numpy_warnings(detecto
         streams.push("call", x)
         events = streams.tick()["call"]
     assert [w.p for w in windows(events)] == [None, None, None]
+
+
+SHAPES = [(12000,), (12000, 1), (12000, 2), (12000, 64), (300, 65), (2, 12000), (10, 10, 10), (12000, 0), (0,), ()]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_stream_set_push_takes_the_shapes_feed_takes(detector: AngerDetector, shape: tuple[int, ...]) -> None:
+    """`StreamSet.push` and `AngerDetector.feed` accept and refuse the same shapes, with the same events (stereo
+    mixed down, not flattened), and no numpy warning."""
+    rng = np.random.default_rng(7)
+    x = (0.3 * rng.standard_normal(shape)).astype(np.float32) if shape else np.float32(0.1)
+    streams = StreamSet(detector.model, detector.config)
+    streams.add("s", 8000)
+    detector.reset(8000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            want = detector.feed(x) + detector.flush()
+        except ValueError as exc:
+            with pytest.raises(ValueError, match="shape"):
+                streams.push("s", x)
+            assert "shape" in str(exc)
+            return
+        streams.push("s", x)
+        streams.end("s")
+        got = []
+        while "s" in streams:
+            got += streams.tick().get("s", [])
+    assert [(type(e).__name__, e.t_start if isinstance(e, Window) else e.t) for e in got] == [
+        (type(e).__name__, e.t_start if isinstance(e, Window) else e.t) for e in want
+    ]
+    assert max((e.t_end for e in got if isinstance(e, Window)), default=0.0) <= len(x) / 8000  # frames, not samples
