@@ -86,6 +86,35 @@ def test_a_call_parses_the_same_in_any_split() -> None:
     assert [type(e) for e in bytewise] == [type(e) for e in whole]
 
 
+def test_audio_frames_read_together_are_one_event() -> None:
+    pcm = np.arange(-800, 800, dtype=np.int16)
+    frames = [a.audio_frame(pcm[i : i + 160]) for i in range(0, len(pcm), 160)]
+    whole = _events(_call(*frames[:2], *frames[2:], a.hangup_frame()))
+    assert [type(e) for e in whole] == [a.CallId, a.Audio, a.Audio, a.Hangup]
+    assert [e.frames for e in whole[1:3]] == [1, 9]  # the first frame opens the call; the rest come as one
+    np.testing.assert_array_equal(codec.decode(whole[1].pcm + whole[2].pcm, "s16le") * 32768, pcm)
+    many = _events(_call(*frames * 10))
+    assert [e.frames for e in many[1:-1]] == [1, a.MERGE_FRAMES, 99 - a.MERGE_FRAMES]
+    assert isinstance(many[-1], a.Hangup)
+
+
+def test_short_audio_frames_are_never_merged() -> None:
+    p = a.Parser(merge_min_s=0.005)  # 40 samples at 8 kHz
+    frames = [a.audio_frame(np.zeros(n, np.int16)) for n in (160, 160, 39, 40, 40, 1, 1)]
+    p.receive_data(_call(*frames))
+    events = [p.next_event() for _ in range(6)]
+    assert [e.frames for e in events[1:]] == [1, 1, 1, 2, 1] and p.next_event().frames == 1
+
+
+def test_an_odd_audio_frame_fails_after_the_frames_before_it() -> None:
+    p = a.Parser()
+    p.receive_data(_call(a.audio_frame(np.zeros(160, np.int16)), a.audio_frame(np.ones(160, np.int16))))
+    p.receive_data(a.frame(a.AUDIO, bytes(3)))
+    assert [type(p.next_event()) for _ in range(3)] == [a.CallId, a.Audio, a.Audio]
+    with pytest.raises(a.AudioSocketError, match="audio payload of 3 bytes"):
+        p.next_event()
+
+
 def test_frame_layout_matches_the_protocol() -> None:
     assert a.hangup_frame() == b"\x00\x00\x00"
     assert a.uuid_frame(CALL) == b"\x01\x00\x10" + uuid.UUID(CALL).bytes

@@ -43,6 +43,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from anger_stream import audio
+from anger_stream.config import DetectorConfig
 from anger_stream.detector import window_bounds
 from anger_stream.serve import audiosocket, mediastream
 from anger_stream.serve.hub import FINAL_STATES
@@ -363,6 +364,8 @@ class LoadTest:
 
     async def run(self) -> dict:
         proc, ports = await self.start_server()
+        if self.args.client_cpu is not None:  # the server (started above) keeps every core
+            os.sched_setaffinity(0, {self.args.client_cpu})
         if self.on_started is not None:
             self.on_started(ports)
         memory = asyncio.create_task(self.watch_memory(proc.pid))
@@ -447,6 +450,8 @@ class LoadTest:
             # --workers N: the parent, which serves --metrics and --dashboard and waits for the workers
             "server_parent_cpu_percent": round(100 * self.parent_cpu / streamed, 2) if self.args.workers > 1 else None,
             "client_cpu_percent": round(100 * client_cpu / streamed, 1),
+            "server_cpu_ms_per_call_s": round(1000 * server_cpu / self.call_seconds(), 3),
+            **({"bare_model": self.bare_model(1000 * server_cpu / self.call_seconds())} if self.args.bare else {}),
             "load_average": os.getloadavg()[0],
             "server_rss_mb": {"start": self.rss_mb[0][1], "max": max(mb for _, mb in self.rss_mb)},
             "sigterm_s": sigterm_s,
@@ -457,6 +462,35 @@ class LoadTest:
             ),
             **({"memory_slope": self.memory_slope()} if len(self.rounds) > 2 else {}),
             **self.hostile_summary(),
+        }
+
+    def call_seconds(self) -> float:
+        """Seconds of call audio the server received in all rounds."""
+        return len(self.done) * len(self.samples) / RATE
+
+    def bare_model(self, server_ms: float) -> dict:
+        """The server's model alone (one thread, batch 32, in this process) on windows of the same speech: its
+        CPU per call-second for the windows the calls got, and the server's CPU as a multiple of it."""
+        from anger_stream.model import AngerModel
+
+        model, config = AngerModel(self.args.model, threads=1), DetectorConfig()
+        window, hop = config.window, config.hop
+        x16 = audio.resample(self.samples.astype(np.float32) / 32768, RATE, audio.SAMPLE_RATE)
+        starts = range(0, max(len(x16) - window, 1), hop)
+        batch = np.stack([audio.prepare_window(x16[s : s + window], window) for s in starts][:32])
+        model.predict(batch)
+        runs, cpu0 = 0, time.process_time()
+        while time.process_time() - cpu0 < 2.0:
+            model.predict(batch)
+            runs += 1
+        per_window = (time.process_time() - cpu0) / (runs * len(batch))
+        windows = int(sum(c.windows for c in self.done))
+        ms = 1000 * per_window * windows / self.call_seconds()
+        return {
+            "batch": len(batch),
+            "cpu_us_per_window": round(per_window * 1e6, 1),
+            "cpu_ms_per_call_s": round(ms, 3),
+            "server_over_model": round(server_ms / ms, 2) if ms else None,
         }
 
     def hostile_summary(self) -> dict:
@@ -536,6 +570,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtmf", type=int, default=0, help="DTMF frames sent at once by one more call (hostile)")
     parser.add_argument("--pong-flood", type=int, default=0, help="Media Streams pong floods, reconnecting (hostile)")
     parser.add_argument("--stderr-flood", type=int, default=0, help="refused connections, stderr unread (hostile)")
+    parser.add_argument("--client-cpu", type=int, metavar="CORE", help="pin the load test (not the server) to one core")
+    parser.add_argument("--bare", action="store_true", help="also time the bare model on the same windows")
     parser.add_argument("--metrics", action="store_true", help="the server serves --metrics on a loopback port")
     parser.add_argument("--dashboard", action="store_true", help="the server serves --dashboard on a loopback port")
     args = parser.parse_args(argv)

@@ -28,6 +28,9 @@ AUDIO_RATES = {
 }
 """Audio kinds -> sample rate (Asterisk's AST_AUDIOSOCKET_KIND_AUDIO, _AUDIO_SLIN12 ... _AUDIO_SLIN192)."""
 HEADER = 3
+MERGE_FRAMES = 64
+"""Most consecutive audio frames that one `Audio` event carries (they arrive in one read under load); frames
+shorter than the parser's `merge_min_s` are events of their own (a server counts those)."""
 
 
 class AudioSocketError(Exception):
@@ -51,10 +54,12 @@ class CallId:
 
 @dataclass(frozen=True)
 class Audio:
-    """Audio: `pcm` is signed 16-bit little-endian samples at `sample_rate`, as received."""
+    """Audio: `pcm` is signed 16-bit little-endian samples at `sample_rate`, as received in `frames`
+    consecutive frames (all of a call's complete audio frames in a row, up to MERGE_FRAMES)."""
 
     pcm: bytes
     sample_rate: int
+    frames: int = 1
 
 
 @dataclass(frozen=True)
@@ -84,11 +89,14 @@ class Parser:
     AudioSocketError; after Hangup or AsteriskError the call is over and no more events come.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, merge_min_s: float = 0.0) -> None:
+        self._merge_min_s = merge_min_s  # audio frames shorter than this are never merged (each is an event)
+        self._merge_min = 0  # the same in bytes, once the rate is known
         self._buf = bytearray()
         self._eof = False
         self._call_id: str | None = None
         self._rate: int | None = None
+        self._kind: int | None = None  # the call's audio frame kind, once its first audio frame is in
         self.done = False
 
     @property
@@ -115,9 +123,29 @@ class Parser:
             self.done = True
             return Hangup()
         kind, length = self._buf[0], int.from_bytes(self._buf[1:3], "big")
+        if kind in AUDIO_RATES and kind == self._kind:
+            return self._audio(kind, length)
         payload = bytes(self._buf[HEADER : HEADER + length])
         del self._buf[: HEADER + length]
         return self._event(kind, payload)
+
+    def _audio(self, kind: int, length: int) -> Audio:
+        """The call's next complete audio frames of its kind, as one event (each payload checked as alone)."""
+        if length % 2:
+            raise AudioSocketError(f"audio payload of {length} bytes (16-bit samples need an even count)")
+        buf, n, least = self._buf, len(self._buf), self._merge_min
+        spans, end = [(HEADER, HEADER + length)], HEADER + length
+        while length >= least and len(spans) < MERGE_FRAMES and n >= end + HEADER and buf[end] == kind:
+            size = int.from_bytes(buf[end + 1 : end + 3], "big")
+            if size % 2 or size < least or end + HEADER + size > n:  # odd or short: an event of its own
+                break
+            spans.append((end + HEADER, end + HEADER + size))
+            end += HEADER + size
+        view = memoryview(buf)
+        pcm = bytes(view[HEADER:end]) if len(spans) == 1 else b"".join([view[a:b] for a, b in spans])
+        view.release()
+        del buf[:end]
+        return Audio(pcm, AUDIO_RATES[kind], len(spans))
 
     def _event(self, kind: int, payload: bytes) -> AudioSocketEvent:
         if self._call_id is None and kind not in (UUID, HANGUP, ERROR):
@@ -135,7 +163,7 @@ class Parser:
                 raise AudioSocketError(f"audio payload of {len(payload)} bytes (16-bit samples need an even count)")
             if self._rate is not None and rate != self._rate:
                 raise AudioSocketError(f"sample rate changed from {self._rate} to {rate} Hz within the call")
-            self._rate = rate
+            self._rate, self._kind, self._merge_min = rate, kind, 2 * round(self._merge_min_s * rate)
             return Audio(payload, rate)
         if kind == DTMF:
             if len(payload) != 1 or not 0x20 < payload[0] < 0x7F:

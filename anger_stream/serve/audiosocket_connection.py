@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..events import Status
 from . import audiosocket
-from .server import CallConnection, Server
+from .server import SHORT_FRAME_S, CallConnection, Server
 
 
 class AudioSocketConnection(CallConnection):
@@ -18,7 +18,7 @@ class AudioSocketConnection(CallConnection):
 
     def __init__(self, server: Server) -> None:
         super().__init__(server)
-        self.parser = audiosocket.Parser()
+        self.parser = audiosocket.Parser(merge_min_s=SHORT_FRAME_S)  # short frames are counted one by one
 
     def _feed(self, data: bytes) -> None:
         self.parser.receive_data(data)
@@ -37,13 +37,14 @@ class AudioSocketConnection(CallConnection):
     def _work(self, budget: int) -> bool:
         next_event, handle = self.parser.next_event, self._handle
         try:
-            for _ in range(budget):
+            while budget > 0:
                 if self.over or self.held:
                     break
                 event = next_event()
                 if event is audiosocket.NEED_DATA:
                     break
                 handle(event)
+                budget -= event.frames if type(event) is audiosocket.Audio else 1
             else:
                 return True
         except audiosocket.AudioSocketError as exc:

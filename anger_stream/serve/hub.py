@@ -26,6 +26,11 @@ Sink = Callable[[list[CallEvent]], None]
 """Where events go: JSON lines on stdout (serve/command.py), or an application's own handler."""
 FINAL_STATES = ("end", "error", "interrupted")
 """The states of a call's last status line."""
+TICK_INTERVAL_S = 0.04
+"""Least time between the starts of two ticks. Calls' windows fall due at every moment; ticking for each
+as it comes made ticks of one or two windows back to back, each paying the tick's fixed cost (the thread
+hand-overs, the numpy calls over all streams). Waiting for the rest of this interval gathers the windows due
+meanwhile into one tick, for at most this much more latency (docs/telephony.md has the A/B)."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,15 @@ class Hub:
     """Calls in, events out: ticks the scoring thread whenever a call has a window due or has ended."""
 
     def __init__(
-        self, calls: Calls, scoring: ScoringThread, sink: Sink, on_tick: Callable[[Tick], None] | None = None
+        self,
+        calls: Calls,
+        scoring: ScoringThread,
+        sink: Sink,
+        on_tick: Callable[[Tick], None] | None = None,
+        interval: float = TICK_INTERVAL_S,
     ) -> None:
         self.calls = calls
+        self.interval = interval
         self.scoring = scoring
         self._sink = sink
         self._on_tick = on_tick
@@ -165,12 +176,17 @@ class Hub:
 
     async def run(self) -> None:
         """Tick whenever a call has a window due or has ended (forever)."""
+        last = -self.interval
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 if not self.calls.due:
                     continue
+                pause = last + self.interval - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                last = time.monotonic()
                 feeds = self.calls.take()
                 since = {
                     f.stream_id: self.calls.due_since(f.stream_id) for f in feeds if self._on_tick and not f.ending
