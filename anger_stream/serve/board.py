@@ -32,7 +32,7 @@ STATES = ("angry", "ended_angry", "recent", "error", "calm")
 """A call's state on the page, in the order the page lists them."""
 AT_END_S = 0.05
 """An anger_end this close to the call's end (stream seconds) closed the segment because the call ended
-(for anger_end lines without `ended_by`)."""
+(for anger_end events made without `ended_by`)."""
 
 
 def _rounded(p: float | None) -> float | None:
@@ -52,6 +52,7 @@ class _Call:
     raised: float | None = None  # the last window's p(raised voice), for a model that gives it
     angry_since: float | None = None  # the open anger segment's start
     segment_max: float = 0.0  # the open segment's highest p
+    segment_raised: float | None = None  # and p(raised voice), for a model that gives it
     last_anger: dict[str, Any] | None = None  # the last closed segment
     ended: float | None = None  # when the call ended (kept only when it ended in an error or while angry)
     end: dict[str, Any] | None = None  # how: its final state, and the error's kind and message
@@ -68,6 +69,7 @@ class _Call:
             "raised": _rounded(self.raised),
             "angry_since": self.angry_since,
             "segment_max": round(self.segment_max, 3),
+            "segment_raised": _rounded(self.segment_raised),
             "last_anger": None if self.last_anger is None else dict(self.last_anger),  # a copy: read by another thread
             "ended": self.ended,
             "end": self.end,
@@ -103,14 +105,16 @@ class Board:
     def _window(self, call: _Call, e: Window) -> None:
         call.t, call.p = e.t_end, e.p
         call.p_max = max(call.p_max, e.p or 0.0)
-        call.raised = getattr(e, "raised", None)
+        call.raised = e.raised
         if call.angry_since is not None and e.p is not None:
             call.segment_max = max(call.segment_max, e.p)
+            if e.raised is not None:
+                call.segment_raised = max(call.segment_raised or 0.0, e.raised)
 
     def _anger(self, call_id: str, call: _Call, e: AngerStart | AngerEnd) -> None:
         now = self._clock()
         if isinstance(e, AngerStart):
-            call.angry_since, call.segment_max = now, e.p
+            call.angry_since, call.segment_max, call.segment_raised = now, e.p, e.raised_max
         else:
             call.last_anger = {
                 "at": now,
@@ -118,8 +122,8 @@ class Board:
                 "t": round(e.t, 3),
                 "duration": round(e.duration, 1),
                 "p_max": round(e.p_max, 3),
-                "raised_max": _rounded(getattr(e, "raised_max", None)),
-                "ended_by": getattr(e, "ended_by", None),
+                "raised_max": _rounded(e.raised_max),
+                "ended_by": e.ended_by,
             }
             call.angry_since = None
         self._recent.append({"call": call_id, "at": now, **e.to_dict()})
@@ -194,6 +198,7 @@ def merge(snapshots: list[dict[str, Any]], config: DetectorConfig, now: float) -
         "threshold": config.threshold,
         "release": round(config.threshold - config.hysteresis, 3),
         "patience": config.patience,
+        "hold_s": config.hold_s,
         "recent_s": RECENT_S,
         "ended_s": ENDED_S,
         "events_s": EVENTS_S,
