@@ -81,6 +81,8 @@ def test_idle_and_surplus_connections_leave_the_calls_their_descriptors(speech: 
     finally:
         assert srv.stop() == 0
     assert len(srv.stderr) < 10, srv.stderr[:20]
+    for endpoint in ("dashboard", "metrics"):
+        assert "".join(srv.stderr).count(f"{endpoint}: {MAX_CONNECTIONS} connections open; refusing more") == 1
 
 
 def test_when_accept_runs_out_of_descriptors_the_endpoint_backs_off_says_so_once_and_recovers() -> None:

@@ -1,7 +1,8 @@
 """The HTTP side of `serve` (`--dashboard`, `--metrics`): a threaded HTTP server with bounds, so that idle, slow
 or many clients cannot take the descriptors and threads the calls need (standard library only).
 
-- At most MAX_CONNECTIONS connections at once, one thread each; more are answered 503 and closed at once.
+- At most MAX_CONNECTIONS connections at once, one thread each; more are answered 503 and closed at once
+  (said on stderr at most once a minute).
 - One request per connection. Its request, headers and body must arrive (and a plain reply be read) within
   REQUEST_S in all; a stream (`streaming`) is exempt, but every read or write waits at most IO_TIMEOUT_S.
 - When accept() fails for lack of descriptors or memory, the server waits ACCEPT_BACKOFF_S before trying
@@ -31,6 +32,8 @@ IO_TIMEOUT_S = 5.0
 """Longest one read or write on a connection may wait."""
 ACCEPT_BACKOFF_S = 0.5
 """Pause before accepting again after accept() ran out of descriptors or memory."""
+REFUSAL_LOG_S = 60.0
+"""Least time between two lines saying that connections are refused."""
 OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
 
@@ -65,6 +68,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self._deadlines: dict[socket.socket, float] = {}
         self._lock = threading.Lock()
         self._accept_failing = False
+        self._refusal_logged = -REFUSAL_LOG_S
         super().__init__((host, port), handler)
 
     def start(self) -> int:
@@ -95,6 +99,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     def process_request(self, request: socket.socket, client_address: Any) -> None:  # type: ignore[override]
         if not self._slots.acquire(blocking=False):
             _refuse(request)
+            if time.monotonic() - self._refusal_logged >= REFUSAL_LOG_S:
+                self._refusal_logged = time.monotonic()
+                log(f"{self.name}: {MAX_CONNECTIONS} connections open; refusing more (503)")
             return
         with self._lock:
             self._deadlines[request] = time.monotonic() + REQUEST_S
