@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -450,3 +451,25 @@ def test_serve_help_says_the_token_guards_the_page_too() -> None:
     help_text = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True).stdout
     token_help = " ".join(re.search(r"\n  --token TOKEN(.*?)\n  --", help_text, flags=re.S)[1].split())
     assert "guards the --dashboard page" in token_help, token_help
+
+
+def test_a_page_greys_out_when_the_server_hangs_and_is_live_again_when_it_resumes() -> None:
+    if chromium_path() is None:
+        pytest.skip("needs Chromium (Debian: apt-get install chromium)")
+    srv = ServeProcess("--dashboard", "127.0.0.1:0")
+    try:
+        with Chromium() as browser:
+            browser.open(f"http://127.0.0.1:{srv.ports['dashboard']}/")
+            wait_for(lambda: browser.evaluate(STATE) == "live", 10)
+            os.kill(srv.proc.pid, signal.SIGSTOP)  # the connection stays open, and nothing more comes
+            hung = time.monotonic()
+            wait_for(lambda: browser.evaluate(STALE), 5, step=0.02)
+            greyed_after = time.monotonic() - hung
+            assert "no data from the server for 2 s" in browser.evaluate(BANNER)
+            os.kill(srv.proc.pid, signal.SIGCONT)
+            wait_for(lambda: browser.evaluate(STATE) == "live", 10)
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+        assert srv.stop() == 0
+    print(f"greyed out {greyed_after:.2f} s after the server hung")
+    assert greyed_after < 3.0

@@ -37,9 +37,9 @@ from .security import same_secret, session_cookie, signed_in
 
 PERIOD_S = 0.25
 """Least time between two updates of the page (and between two snapshots of a process)."""
-PING_S = 1.0
-"""A quiet stream sends a `ping` event this often: the page sees a dead stream within a few seconds, and
-proxies keep it open."""
+PING_S = 0.5
+"""A quiet stream sends a `ping` event this often: the page takes 2 s without any as a dead stream (a hung
+server, a network gone without a word), and proxies keep the stream open."""
 MAX_STREAMS = 16
 """Pages watching at once; more get 503."""
 MAX_FORM = 4096
