@@ -407,6 +407,7 @@ def _usage_error(exc: ClickException) -> int:
 
 def main() -> None:
     """Console-script entry point: one line on stderr and a documented exit code for every error."""
+    mute_native_stderr()  # ONNX Runtime, PortAudio, ALSA and Dask's worker processes write to fd 2: not for people
     try:
         code = typer.main.get_command(app).main(prog_name="anger-stream", standalone_mode=False)
     except ClickException as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -251,3 +253,44 @@ def test_raw_stdin_warns_for_whichever_of_format_and_rate_is_missing(speech_wav:
     assert "raw mulaw at 16000 Hz (give --rate" in only_format.stderr.decode()
     split = run_cli("-i", "-", "--channels", "split", stdin=raw)
     assert_one_line_error(split, EXIT_USAGE, "--channels", "not of standard input")
+
+
+def test_serve_errors_never_reach_stdout_with_stderr_closed() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            ["bash", "-c", f'"{CLI}" serve --audiosocket 127.0.0.1:{port} 2>&-'], capture_output=True, timeout=60
+        )
+    assert result.returncode == EXIT_INPUT and result.stdout == b"" and result.stderr == b""
+
+
+def test_an_empty_folder_is_one_line(tmp_path: Path) -> None:
+    for command in (["batch", str(tmp_path), "--out", str(tmp_path / "r.jsonl")], ["calibrate", str(tmp_path)]):
+        assert_one_line_error(run_cli(*command), EXIT_INPUT, f"no audio files found in {tmp_path}")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_usage_mistakes_of_batch_and_model_are_one_line(speech_wav: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "r.jsonl")
+    many = run_cli("batch", str(speech_wav), "--out", out, "--workers", str(64 * (os.cpu_count() or 1)))
+    assert_one_line_error(many, EXIT_USAGE, "--workers", "cores")
+    bad = run_cli("batch", str(speech_wav), "--out", out, "--scheduler", "ht!tp:::")
+    assert_one_line_error(bad, EXIT_USAGE, "--scheduler ht!tp:::")
+    folder = run_cli("-i", str(speech_wav), "--model", str(tmp_path))
+    assert_one_line_error(folder, 5, f"model is a folder, not an ONNX file: {tmp_path}")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as nobody")
+def test_an_unreadable_file_says_permission_denied(speech_wav: Path, tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    path = tmp_path / "secret.wav"
+    path.write_bytes(speech_wav.read_bytes())
+    path.chmod(0o600)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", CLI]
+    for args in (["-q", "-i", str(path)], ["report", str(path), "-o", "/tmp/never.png"]):
+        env = {**os.environ, "HOME": "/tmp"}  # onnxruntime warns on import where HOME is not writable
+        result = subprocess.run([*as_nobody, *args], capture_output=True, timeout=60, cwd="/", env=env)
+        assert_one_line_error(result, EXIT_INPUT, f"cannot read {path}: permission denied")

@@ -21,6 +21,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
+from ..stdio import say
+
 PREFIX = "anger-stream serve: "
 MAX_LINE = 1000
 """Characters of a line after escaping (peer text is quoted shorter where it is named; this is the last cap)."""
@@ -123,7 +125,7 @@ def log(message: str, peer: str | None = None) -> None:
     if _writer is not None:
         _writer.put(text)
     else:
-        print(text, file=sys.stderr, flush=True)
+        say(text)  # dropped, never on stdout, when stderr is closed
 
 
 @contextlib.contextmanager

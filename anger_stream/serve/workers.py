@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 
+from ..stdio import say
 from .server import BACKLOG, Listen, ListenError
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -77,8 +78,9 @@ def run(per_worker: list[list[Listen]], work: Callable[[int, list[Listen]], None
     parent = os.getpid()
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # no signal between the forks and the handler
     for index, listen in enumerate(per_worker):
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(AttributeError, OSError):  # closed (None) or full: nothing to carry over
+                stream.flush()
         pid = os.fork()
         if pid == 0:
             _child(index, listen, per_worker, work, parent)
@@ -106,7 +108,7 @@ def run(per_worker: list[list[Listen]], work: Callable[[int, list[Listen]], None
         if rc == 0 or (stopping and -rc in STOP_SIGNALS):
             continue
         if code == 0:
-            print(f"anger-stream serve: worker {index} exited with code {rc}; stopping", file=sys.stderr, flush=True)
+            say(f"anger-stream serve: worker {index} exited with code {rc}; stopping")
             code = rc if rc > 0 else 1
             stopping = True
             for other in children:
@@ -138,7 +140,7 @@ def _child(
     except Exception as exc:
         code = getattr(exc, "exit_code", None)  # typer.Exit, raised after its message was printed
         if not isinstance(code, int):
-            print(f"anger-stream serve: worker {index}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            say(f"anger-stream serve: worker {index}: internal error: {type(exc).__name__}: {exc}")
             code = 1
     finally:
         with contextlib.suppress(Exception):
