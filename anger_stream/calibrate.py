@@ -266,7 +266,11 @@ def calibrate_command(
     )
     config, model = chosen.config, chosen.model
     try:
+        if labels is not None:
+            check_input(labels)
         label_map = read_labels(labels) if labels is not None else None
+    except InputError as exc:
+        fail(f"--labels: {exc}", EXIT_USAGE)
     except (ValueError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
     if not paths and label_map is None:

@@ -49,7 +49,7 @@ def check_input(path: str | os.PathLike[str], streams: bool = False) -> bool:
     except OSError as exc:
         raise InputError(f"cannot read {name}: {_reason(exc)}") from None
     if stat.S_ISDIR(mode):
-        raise InputError(f"is a folder, not an audio file: {name}")
+        raise InputError(f"is a folder, not a file: {name}")
     if not stat.S_ISREG(mode):
         if streams and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)):
             return False

@@ -16,7 +16,9 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .detector import DetectorConfig
+from .files import check_input
 from .model import PACKAGED_MODELS
+from .sources import InputError
 from .stdio import EXIT_USAGE, fail
 
 DEFAULTS = DetectorConfig()
@@ -143,7 +145,10 @@ class DetectorSettings:
 def read_settings_file(path: Path) -> dict[str, Any]:
     """The settings in a --config file, checked for unknown keys; a relative model path is relative to it."""
     try:
+        check_input(path)
         data = json.loads(path.read_text(encoding="utf-8"))
+    except InputError as exc:
+        fail(f"--config: {exc}", EXIT_USAGE)
     except OSError as exc:
         fail(f"--config {path}: {exc.strerror or exc}", EXIT_USAGE)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -294,3 +294,11 @@ def test_an_unreadable_file_says_permission_denied(speech_wav: Path, tmp_path: P
         env = {**os.environ, "HOME": "/tmp"}  # onnxruntime warns on import where HOME is not writable
         result = subprocess.run([*as_nobody, *args], capture_output=True, timeout=60, cwd="/", env=env)
         assert_one_line_error(result, EXIT_INPUT, f"cannot read {path}: permission denied")
+
+
+def test_option_files_say_what_is_wrong_in_the_same_words(speech_wav: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    config = run_cli("-i", str(speech_wav), "--config", str(missing))
+    assert_one_line_error(config, EXIT_USAGE, f"--config: no such file: {missing}")
+    labels = run_cli("calibrate", str(speech_wav), "--labels", str(tmp_path))
+    assert_one_line_error(labels, EXIT_USAGE, f"--labels: is a folder, not a file: {tmp_path}")
