@@ -143,9 +143,9 @@ def stack(podman: Callable[..., subprocess.CompletedProcess[str]], base: str, im
     env |= {"ANGER_STREAM_IMAGE": image, "HAPROXY_IMAGE": base, "PROMETHEUS_IMAGE": base}
     compose = ("compose", "-p", PROJECT, "-f", str(ROOT / "deploy" / "compose.yaml"))
     podman(*compose, "down", "-v", check=False, env=env)  # what a killed run left
-    podman(*compose, "up", "-d", env=env, timeout=300)
     containers = {name: f"{PROJECT}_{name}_1" for name in (*REPLICAS, "lb-audiosocket", "lb-mediastream", "prometheus")}
     try:
+        podman(*compose, "up", "-d", env=env, timeout=300)
         for replica in REPLICAS:
             # both protocols, the metrics and the page
             _wait(f"{replica} listening", lambda r=replica: _listening(podman, containers[r]) == 4)

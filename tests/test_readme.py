@@ -27,6 +27,7 @@ SKIPPED = {
     r"^export ": "sets a secret for the servers of the next lines",
     r"--scheduler tcp://HOST": "needs a Dask cluster at HOST (tests/test_batch.py starts one)",
     r"pipecat_agent\.py": "a voice agent that plays the call in real time (tests/test_pipecat.py runs it)",
+    r"^(docker|podman-compose|kubectl) ": "builds or runs the image and the stack (`make container-test` does)",
 }
 NEEDS = {r"^ffmpeg ": "ffmpeg"}
 """Lines that need a program `make deps` does not install (the README says so): skipped without it."""
