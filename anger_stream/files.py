@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -21,6 +22,8 @@ from .stdio import OutputError
 
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 Mode = Literal["new", "replace", "append"]
+LOCK_WAIT_S = 0.5
+"""How long a lock held by someone else is waited for before the output is refused."""
 
 
 class OutputExists(OutputError):
@@ -71,15 +74,30 @@ def open_stream(path: str | os.PathLike[str]) -> BinaryIO:
 
 
 def _lock(fd: int, path: str | os.PathLike[str]) -> None:
-    """Take an exclusive lock on an open output, or close it and raise OutputError: one writer per file."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OutputError(
-            f"{shown(path)} is being written by another anger-stream process: wait for it to end, or choose "
-            "another file"
-        ) from None
+    """Take an exclusive lock on an open output, or close it and raise OutputError: one writer per file.
+
+    A lock held for LOCK_WAIT_S is another writer's (another process checking whether the file is being
+    written holds it only for a moment). Where the file system has no locks, writing goes on without one.
+    """
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
+            os.close(fd)
+            raise OutputError(
+                f"{shown(path)} is being written by another anger-stream process: wait for it to end, or choose "
+                "another file"
+            ) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                return
+            os.close(fd)
+            raise OutputError(f"cannot lock {shown(path)}: {_reason(exc)}") from None
 
 
 def _refuse_if_written(path: str | os.PathLike[str]) -> None:
