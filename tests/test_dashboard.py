@@ -344,6 +344,7 @@ def test_a_page_refused_with_503_or_401_says_why_and_recovers() -> None:
             assert browser.evaluate("document.title") == "anger-stream: sign in"
             browser.evaluate(f"document.getElementById('token').value = '{token}'; document.forms[0].submit()")
             wait_for(lambda: "(503)" in (evaluate_soon(browser, BANNER) or ""), 10)
+            assert browser.evaluate("document.querySelector('#call-count b').textContent") == "\u2013", "not 0 calls"
             for s in held:
                 s.close()
             wait_for(lambda: browser.evaluate(STATE) == "live", 10)
