@@ -57,8 +57,8 @@ container-test: container-deps $(VENV)/.container-test-installed $(CONTAINER_BAS
 container-deps:  ## system packages for container-test (Debian): podman, runc, netavark, debootstrap, espeak-ng, sox
 	@missing=$$(for p in $(CONTAINER_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  if [ "$$(id -u)" = 0 ]; then $(APT_GET) update && \
+	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y --no-install-recommends $$missing; \
 	  else echo "please install: sudo apt-get install --no-install-recommends $$missing"; exit 1; fi; \
 	fi
 
