@@ -12,7 +12,7 @@ microphone's bias) is removed first: it is not sound, and would otherwise count 
 
 from __future__ import annotations
 
-from functools import cache
+from functools import lru_cache
 from math import gcd
 
 import numpy as np
@@ -38,7 +38,7 @@ BLOCK = 8
 _GAIN = 10.0 ** (TARGET_DBFS / 20.0) * FULL_SCALE
 
 
-@cache
+@lru_cache(maxsize=4)  # a few window lengths; a stream's last windows each have their own (not worth keeping)
 def _ones(n: int) -> np.ndarray:
     return np.ones(n, dtype=np.float32)
 

@@ -53,6 +53,8 @@ class Scored:
 
 RESAMPLE_GRAIN = 4
 """Streams resampled on one thread at least (fewer are not worth handing to another thread)."""
+MAX_BATCH_SAMPLES = 64 * audio.WINDOW
+"""Samples in one model call at most: 64 default windows (a 10 s window goes 7 at a time)."""
 PREPARE = 16
 """Windows cut, measured and normalised together before their model calls (fewer numpy calls per window)."""
 
@@ -104,7 +106,9 @@ class _Lane:
 class StreamSet:
     """Holds streams by id; `push` buffers audio, `tick` scores the windows due across all streams.
 
-    Windows are scored in small batches (`max_batch`: larger ones push the activations out of the CPU caches)
+    Windows are scored in small batches (`max_batch`: larger ones push the activations out of the CPU caches;
+    fewer for long windows, so that a batch holds at most MAX_BATCH_SAMPLES and the model's memory stays that
+    of the default windows whatever the window)
     on `workers` threads at once (the calling thread is one of them). Give it a one-thread model:
     onnxruntime and numpy release the GIL, so two one-thread calls use two cores, which two intra-op threads
     on a small batch do not (docs/benchmarks.md). `max_windows`: at most this many windows of one stream per
@@ -127,7 +131,7 @@ class StreamSet:
     ) -> None:
         self.model = model
         self.config = c = config or DetectorConfig()
-        self.max_batch = max_batch
+        self.max_batch = max(1, min(max_batch, MAX_BATCH_SAMPLES // c.window))
         self.workers = workers
         self.max_windows = max_windows
         self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="anger-score") if workers > 1 else None

@@ -326,3 +326,16 @@ def test_stream_set_push_takes_the_shapes_feed_takes(detector: AngerDetector, sh
         (type(e).__name__, e.t_start if isinstance(e, Window) else e.t) for e in want
     ]
     assert max((e.t_end for e in got if isinstance(e, Window)), default=0.0) <= len(x) / 8000  # frames, not samples
+
+
+def test_long_windows_with_a_one_sample_hop_keep_memory_bounded(detector: AngerDetector) -> None:
+    """Every last window of a stream has its own length: nothing is kept per length (a cache of one array per
+    length grew by a window's size per window), and a model call holds at most MAX_BATCH_SAMPLES."""
+    from anger_stream.streams import MAX_BATCH_SAMPLES
+
+    long = AngerDetector(detector.model, config=DetectorConfig(window_s=10, hop_s=1 / 16000))
+    assert long._set.max_batch * long.config.window <= MAX_BATCH_SAMPLES
+    x = (0.1 * np.random.default_rng(3).standard_normal(16_300)).astype(np.float32)
+    events = long.feed(x) + long.flush()
+    assert len(windows(events)) == 301
+    assert audio._ones.cache_info().currsize <= 4

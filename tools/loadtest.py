@@ -16,7 +16,7 @@ Hostile callers beside the real-time calls (docs/reliability.md), whose own line
     --slowloris N   connections sending one byte every 5 s (a frame or an HTTP request that never completes)
     --dtmf N        one more AudioSocket call that sends N DTMF frames at once, then audio in real time
     --pong-flood N  Media Streams connections that start a call, send one media message, then pongs as fast as
-                    the server reads them; each connects again when the server closes it
+                    the server reads them
     --stderr-flood N  the server's stderr is a pipe nobody reads, and N connections (spread over the first
                     half of the run) each send one frame the server refuses with a line on stderr
 """
@@ -253,25 +253,22 @@ class LoadTest:
             self.hostile["ping_flood_closed_s"].append(round(time.monotonic() - started, 2))
 
     async def pong_flood(self, port: int) -> None:
-        """Media Streams calls that send pongs as fast as the server reads them; each, once closed, connects
-        again (seconds each lasted)."""
-        while self.streaming:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
-                ws = await ws_handshake(reader, writer, f"ws://127.0.0.1:{port}/media")
-                ws.send_text(mediastream.start_message("MZpong", f"CApong{uuid.uuid4().hex}").encode())
-                ws.send_text(mediastream.media_message("MZpong", self.frames["mediastream"][0], 1, 0).encode())
-                writer.write(b"".join(ws.data_to_send()))
-                for _ in range(64):
-                    ws.send_pong(b"")
-                pongs, started = b"".join(ws.data_to_send()), time.monotonic()
-                while self.streaming:
-                    writer.write(pongs)
-                    await writer.drain()
-                    await asyncio.sleep(0.001)
-            except OSError:
-                self.hostile["pong_flood_closed_s"].append(round(time.monotonic() - started, 2))
-                await asyncio.sleep(0.01)
+        """A Media Streams call that sends pongs as fast as the server reads them; seconds until it is closed."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+        ws = await ws_handshake(reader, writer, f"ws://127.0.0.1:{port}/media")
+        ws.send_text(mediastream.start_message("MZpong", f"CApong{uuid.uuid4().hex}").encode())
+        ws.send_text(mediastream.media_message("MZpong", self.frames["mediastream"][0], 1, 0).encode())
+        writer.write(b"".join(ws.data_to_send()))
+        for _ in range(64):
+            ws.send_pong(b"")
+        pongs, started = b"".join(ws.data_to_send()), time.monotonic()
+        try:
+            while self.streaming:
+                writer.write(pongs)
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        except OSError:
+            self.hostile["pong_flood_closed_s"].append(round(time.monotonic() - started, 2))
 
     async def stderr_flood(self, port: int) -> None:
         """--stderr-flood connections, spread over the first half of the run, each sending one frame the server
@@ -568,7 +565,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ping-flood", type=int, default=0, help="Media Streams ping floods never reading (hostile)")
     parser.add_argument("--slowloris", type=int, default=0, help="connections sending a byte every 5 s (hostile)")
     parser.add_argument("--dtmf", type=int, default=0, help="DTMF frames sent at once by one more call (hostile)")
-    parser.add_argument("--pong-flood", type=int, default=0, help="Media Streams pong floods, reconnecting (hostile)")
+    parser.add_argument("--pong-flood", type=int, default=0, help="Media Streams pong floods (hostile)")
     parser.add_argument("--stderr-flood", type=int, default=0, help="refused connections, stderr unread (hostile)")
     parser.add_argument("--client-cpu", type=int, metavar="CORE", help="pin the load test (not the server) to one core")
     parser.add_argument("--bare", action="store_true", help="also time the bare model on the same windows")
