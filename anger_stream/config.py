@@ -46,15 +46,17 @@ class DetectorConfig:
     """Parameters in human units, checked once here (for the CLI, the servers, batch and the Python API alike)
     and converted to samples once. Invalid values raise ValueError naming the field."""
 
-    threshold: float = 0.6
+    threshold: float = 0.92
     window_s: float = audio.WINDOW_S
     hop_s: float = audio.HOP_S
     min_audio_s: float = audio.MIN_AUDIO_S
     min_dbfs: float = audio.MIN_DBFS
     patience: int = 1
     hysteresis: float = 0.1
-    hold_s: float = 0.0
+    hold_s: float = 6.0
     """How long an anger segment stays open after its last angry window through silence and calmer speech."""
+    # threshold, patience and hold_s: the rule of docs/false-alarms.json (tools.evaluate.false_alarms): at most
+    # 6 false alarms per hour of calm speech, the most angry passages caught within 3 s
 
     def __post_init__(self) -> None:
         for name in ("threshold", "window_s", "hop_s", "min_audio_s", "min_dbfs", "hysteresis", "hold_s"):

@@ -58,7 +58,7 @@ def _finite(x: np.ndarray) -> np.ndarray:
 class AngerDetector:
     """Streaming anger detection for one audio stream.
 
-    >>> detector = AngerDetector(threshold=0.6)
+    >>> detector = AngerDetector()  # the defaults of DetectorConfig
     >>> for event in detector.feed(chunk, sample_rate=16000): ...
     >>> detector.flush()  # at the end of the stream
     """

@@ -275,7 +275,7 @@ def test_segments_are_the_live_detectors(peak_model: Path) -> None:
     tone = (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
     noise = (0.1 * rng.standard_normal(16000 * 3)).astype(np.float32)
     x = np.concatenate([tone, noise, tone, np.zeros(32000, np.float32), noise[:20000]])
-    detector = AngerDetector(peak_model, 0.6)
+    detector = AngerDetector(peak_model, 0.6, hold_s=0.0)
     events = [e for i in range(0, len(x), 1600) for e in detector.feed(x[i : i + 1600])] + detector.flush()
     starts = [e.onset for e in events if isinstance(e, AngerStart)]
     ends = [e.last_angry for e in events if isinstance(e, AngerEnd)]

@@ -40,7 +40,7 @@ def test_false_alarms_are_counted_by_the_live_detectors_event_logic(peak_model: 
     x = np.concatenate([*parts, np.zeros(16000, np.float32)])
     counts = set()
     for patience in (1, 2):
-        detector = AngerDetector(peak_model, 0.6, patience=patience)
+        detector = AngerDetector(peak_model, 0.6, patience=patience, hold_s=0.0)
         live = [e for i in range(0, len(x), 800) for e in detector.feed(x[i : i + 800])] + detector.flush()
         windows = [e for e in AngerDetector(peak_model).analyse(x) if isinstance(e, Window)]
         starts = sum(isinstance(e, AngerStart) for e in live)

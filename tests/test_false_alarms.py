@@ -101,7 +101,8 @@ def test_table_from_real_clips(shared: Path, tmp_path: Path, capsys) -> None:
     false_alarms.main(args)
     result = json.loads(out.read_text())
     assert result["validation"]["speakers"] == ["ravdess:17"] and result["test"]["speakers"] == ["ravdess:23"]
-    rules = [{k: r[k] for k in ("threshold", "patience", "smooth", "hold_s")} for r in result["grid"]]
+    keys = ("threshold", "patience", "smooth", "hold_s")
+    rules = [dict(zip(keys, r[:4], strict=True)) for r in result["grid"]["rows"]]
     assert result["chosen"] in rules and len(rules) == 25 * 3 * 3 * 8
     chosen = result["validation"]["chosen"]
     for channel in ("16k", "telephone"):

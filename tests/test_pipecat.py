@@ -52,7 +52,7 @@ def int16(x: np.ndarray) -> np.ndarray:
 
 def reference(pcm: np.ndarray, rate: int, model: Path) -> list[dict]:
     """The single-stream detector's events on the same audio, mixed down the same way."""
-    detector = AngerDetector(model, sample_rate=rate)
+    detector = AngerDetector(model, 0.6, sample_rate=rate)  # the real angry clip's p stays under the default
     mono = pcm.reshape(len(pcm), -1).astype(np.float32).mean(axis=1) / 32768
     return [e.to_dict() for e in detector.feed(mono) + detector.flush()]
 
@@ -81,7 +81,7 @@ def check_run(pcm: np.ndarray, rate: int, model: Path) -> list[AngerFrame]:
     """Run the frames through a pipeline; they come out untouched, in order, with the detector's events."""
     frames = frames_of(pcm, rate)
     payloads = [f.audio for f in frames]
-    processor = AngerProcessor(model=model, windows=True, max_queue=len(frames))
+    processor = AngerProcessor(model=model, threshold=0.6, windows=True, max_queue=len(frames))
     down = run(processor, frames)
     audio_out = [f for f in down if isinstance(f, InputAudioRawFrame)]
     assert len(audio_out) == len(frames) and all(a is b for a, b in zip(audio_out, frames, strict=True))
@@ -153,7 +153,7 @@ def test_a_change_of_rate_ends_the_stream_and_starts_another(angry_16k: np.ndarr
     at_8k = int16(resample(angry_16k.astype(np.float32) / 32768, 16000, 8000))
     broken = InputAudioRawFrame(audio=b"\x01\x02\x03", sample_rate=8000, num_channels=1)  # passed on, not scored
     frames = [*frames_of(angry_16k, 16000), broken, *frames_of(at_8k, 8000)]
-    down = run(AngerProcessor(model=model, windows=True, max_queue=len(frames)), frames)
+    down = run(AngerProcessor(model=model, threshold=0.6, windows=True, max_queue=len(frames)), frames)
     assert [f for f in down if isinstance(f, InputAudioRawFrame)] == frames
     got = [f.to_dict() for f in down if isinstance(f, AngerFrame)]
     assert_same_events(got, reference(angry_16k, 16000, model) + reference(at_8k, 8000, model))

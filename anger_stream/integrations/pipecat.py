@@ -2,7 +2,7 @@
 
     from anger_stream.integrations.pipecat import AngerProcessor, AngerStartFrame
 
-    pipeline = Pipeline([transport.input(), AngerProcessor(threshold=0.6), ..., llm, tts, transport.output()])
+    pipeline = Pipeline([transport.input(), AngerProcessor(), ..., llm, tts, transport.output()])
 
 `AngerProcessor` passes every frame on unchanged and in order. It copies the caller's audio
 (`InputAudioRawFrame`: int16 PCM at any rate, mono or interleaved channels, mixed down) into a bounded
@@ -85,11 +85,11 @@ class AngerProcessor(FrameProcessor):
         self,
         *,
         model: AngerModel | str | Path | None = None,
-        threshold: float = 0.6,
-        patience: int = 1,
-        hysteresis: float = 0.1,
+        threshold: float = DEFAULTS.threshold,
+        patience: int = DEFAULTS.patience,
+        hysteresis: float = DEFAULTS.hysteresis,
         hold_s: float = DEFAULTS.hold_s,
-        min_dbfs: float = audio.MIN_DBFS,
+        min_dbfs: float = DEFAULTS.min_dbfs,
         config: DetectorConfig | None = None,
         windows: bool = False,
         max_queue: int = 100,

@@ -261,6 +261,20 @@ def neighbours(rows: list[dict[str, Any]], chosen: dict[str, Any]) -> list[dict[
     ]
 
 
+GRID_MEASURES = ("false_alarms", "false_alarms_per_hour", "caught", "caught_within_3s", "median_delay_s")
+
+
+def compact(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The grid as a table: the rule, then a few measures per channel."""
+    rule = ["threshold", "patience", "smooth", "hold_s"]
+    columns = rule + [f"{ch}:{m}" for ch in CHANNELS for m in (*GRID_MEASURES, "segments_per_caught")]
+    table = [
+        [r[k] for k in rule] + [r[ch][m] for ch in CHANNELS for m in (*GRID_MEASURES, "segments_per_caught")]
+        for r in rows
+    ]
+    return {"columns": columns, "rows": table}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.evaluate.false_alarms", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fp32", help="ONNX model path, or a packaged model's name")
@@ -293,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "validation": describe(validation) | {"chosen": per_corpus(validation, chosen, base)},
         "test": describe(test) | {"chosen": per_corpus(test, chosen, base)},
         "near_chosen": neighbours(rows, chosen),
-        "grid": rows,
+        "grid": compact(rows),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=None, separators=(",", ":")) + "\n")
