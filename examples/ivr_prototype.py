@@ -8,7 +8,7 @@
 An HTTP endpoint (standard library only) that checks each POST's signature and timestamp, keeps one of each
 event id (the server retries, so an event may come twice), and hands the events to `Escalation`: a call whose
 anger has lasted --persist seconds of the call, from its onset to its anger_start (serve's --patience sets how
-long anger must last before it starts) or to its anger_end, is sent to a human agent, one JSON line per
+long anger must last before it starts) or to its anger_end's last_angry, is sent to a human agent, one JSON line per
 decision on stdout, and a summary when the call ends. A call's channels (`"channel"`, stereo L16 calls) are
 followed apart: only the caller's channel 0 is routed.
 """
@@ -61,7 +61,7 @@ class Escalation:
 
     def on_event(self, event: dict[str, Any]) -> None:
         """One webhook body: `anger_start` (t: when anger was confirmed, onset: where it began), `anger_end`
-        (t: where it ended) or a final `status`."""
+        (t: when its end was decided, last_angry: where its angry audio ended) or a final `status`."""
         if event.get("channel", 0) != 0:
             return
         call_id, kind = event["call"], event["type"]
@@ -74,7 +74,7 @@ class Escalation:
             state.onset = event["onset"]
         if state.onset is None:
             return
-        angry_for = event["t"] - state.onset
+        angry_for = (event["last_angry"] if kind == "anger_end" else event["t"]) - state.onset
         if kind == "anger_end":
             state.onset = None
         if not state.escalated and angry_for >= self.persist:

@@ -31,7 +31,15 @@ def test_escalates_once_when_anger_persists(capsys: pytest.CaptureFixture[str]) 
     policy = _load().Escalation(persist=1.5)
     for event in [
         {"call": "c1", "type": "anger_start", "t": 1.2, "p": 0.9, "onset": 0.0},  # 1.2 s: not yet
-        {"call": "c1", "type": "anger_end", "t": 2.4, "duration": 1.2, "p_max": 0.9},  # 2.4 s: escalate
+        {
+            "call": "c1",
+            "type": "anger_end",
+            "t": 3.0,
+            "duration": 2.4,
+            "p_max": 0.9,
+            "ended_by": "calm",
+            "last_angry": 2.4,
+        },  # angry for 2.4 s (until last_angry, not t, which adds the hold): escalate
         {"call": "c1", "type": "anger_start", "t": 4.2, "p": 0.9, "onset": 3.0},  # only once
         {"call": "c1", "channel": 1, "type": "anger_start", "t": 9.0, "p": 0.9, "onset": 0.0},  # the agent's side
         {"call": "c2", "type": "anger_start", "t": 1.2, "p": 0.9, "onset": 0.0},
@@ -40,7 +48,7 @@ def test_escalates_once_when_anger_persists(capsys: pytest.CaptureFixture[str]) 
         policy.on_event(event)
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert out == [
-        {"call": "c1", "action": "escalate", "t": 2.4, "queue": "agents", "angry_for": 2.4},
+        {"call": "c1", "action": "escalate", "t": 3.0, "queue": "agents", "angry_for": 2.4},
         {"call": "c1", "action": "ended", "t": 5.5, "state": "end", "escalated": True},
     ]
     assert list(policy.calls) == ["c2"]
