@@ -91,7 +91,7 @@ $(VENV)/.test-installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-model: $(VENV)/.test-installed  ## retrain and export the shipped model from the corpora in $(SHARED)
+model: $(VENV)/.test-installed  ## retrain and export the packaged models (fast, full; fp32, int8) from $(SHARED)
 	$(BIN)/python -m tools.train $(TRAIN_MANIFESTS) --dev $(SHARED)/data/emodb/manifest.csv \
 	  --pretrained $(SHARED)/pretrained/soundnet8_conv1-5.npz --variant T3 --seed 11 --steps 5000 --eval-every 250 \
 	  --threads 1 --workers 1 --min-active 0.25 --zero-noise --channels 0.8 --select channels \
@@ -99,6 +99,14 @@ model: $(VENV)/.test-installed  ## retrain and export the shipped model from the
 	$(BIN)/python -m tools.train.voice --checkpoint runs/$(RUN)/best.pt $(TRAIN_MANIFESTS) \
 	  --dev $(SHARED)/data/emodb/manifest.csv --out runs/$(RUN)/voice.pt
 	$(BIN)/python -m tools.train.export --checkpoint runs/$(RUN)/voice.pt --out models/anger_fcn.onnx
+	$(BIN)/python -m tools.train.quantize --model models/anger_fcn.onnx --out models/anger_fcn.int8.onnx \
+	  $(TRAIN_MANIFESTS) --windows 2048 --evaluate --dev $(SHARED)/data/emodb/manifest.csv --report docs/quantize.json
+	$(BIN)/python -m tools.train.two_branch --fcn models/anger_fcn.onnx --yamnet $(SHARED)/pretrained/yamnet/yamnet.tflite \
+	  $(TRAIN_MANIFESTS) --dev $(SHARED)/data/emodb/manifest.csv --patches centre --out models/anger_full.onnx \
+	  --log models/training/two_branch_centre.json
+	$(BIN)/python -m tools.train.quantize --model models/anger_full.onnx --out models/anger_full.int8.onnx \
+	  $(TRAIN_MANIFESTS) --windows 2048 --keep-float-scope /log_mel/ --evaluate --dev $(SHARED)/data/emodb/manifest.csv \
+	  --report docs/quantize-full.json
 
 evaluate: $(VENV)/.test-installed  ## window and utterance AUROC of the shipped model on the test speakers
 	$(BIN)/python -m tools.evaluate --model models/anger_fcn.onnx --manifest $(SHARED)/data/ravdess/manifest.csv \

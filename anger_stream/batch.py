@@ -26,7 +26,7 @@ from . import channels, options
 from .detector import AngerDetector, DetectorConfig
 from .events import AngerEnd, AngerStart, Event, Window
 from .files import OutputExists, check_input, open_output, shown
-from .model import PACKAGED_MODELS, AngerModel, ModelError
+from .model import AngerModel, ModelError, is_packaged
 from .sources import InputError
 from .sources.file import Recording, read_recording
 
@@ -467,7 +467,7 @@ def batch(
     except InputError as exc:
         fail(str(exc), EXIT_INPUT)
     model_path = settings.model  # a packaged model's name or None: the same on every worker
-    if model_path is not None and model_path not in PACKAGED_MODELS:
+    if not is_packaged(model_path):
         model_path = str(Path(model_path).absolute())
     try:
         AngerModel(model_path)  # fail fast, before writing anything or starting a cluster

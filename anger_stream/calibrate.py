@@ -26,7 +26,7 @@ from . import channels, metrics, options
 from .detector import AngerDetector, DetectorConfig, EventTracker
 from .events import AngerStart, Window
 from .files import check_input, open_output, shown
-from .model import PACKAGED_MODELS
+from .model import is_packaged
 from .sources import InputError
 from .sources.file import read_recording
 
@@ -186,7 +186,7 @@ def settings_file(result: dict[str, Any], config: DetectorConfig, model: str | N
     }
     out["min_dbfs"] = config.min_dbfs
     if model is not None:
-        out["model"] = model if model in PACKAGED_MODELS else str(Path(model).absolute())
+        out["model"] = model if is_packaged(model) else str(Path(model).absolute())
     return out
 
 

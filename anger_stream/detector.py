@@ -72,8 +72,9 @@ class AngerDetector:
         config: DetectorConfig | None = None,
         **settings: float,
     ) -> None:
-        """`model`: an AngerModel, a path, a packaged model's name ("fp32", "int8") or None (fp32). The
-        detector's parameters come as `config` or as its fields (threshold=, hop_s=, ...), not both."""
+        """`model`: an AngerModel, a path, a packaged model's name (`model.PACKAGED_MODELS`) or None (the
+        default, "full"). The detector's parameters come as `config` or as its fields (threshold=, hop_s=, ...),
+        not both."""
         valid = ", ".join(f.name for f in fields(DetectorConfig) if f.init)
         unknown = sorted(set(settings) - set(valid.split(", ")))
         if unknown:

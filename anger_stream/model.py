@@ -14,8 +14,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-PACKAGED_MODELS = {"fp32": "anger_fcn.onnx", "int8": "anger_fcn.int8.onnx"}
-"""The models shipped inside the package, by name: float32 (the default) and its static int8 quantisation."""
+PACKAGED_MODELS = {
+    "full": "anger_full.onnx",
+    "full-int8": "anger_full.int8.onnx",
+    "fast": "anger_fcn.onnx",
+    "fast-int8": "anger_fcn.int8.onnx",
+}
+"""The models shipped inside the package, by name: "full", the two-branch model (the FCN and YAMNet, giving p
+and a raised-voice probability; the default), and "fast", the FCN alone; each in float32 and static int8."""
+ALIASES = {"fp32": "full", "int8": "full-int8"}
+"""Earlier names: the default model in float32 and int8."""
+DEFAULT_MODEL = "full"
 PROBE_SAMPLES = 19_200
 """The probe window's length (1.2 s at 16 kHz, the default window)."""
 
@@ -24,15 +33,20 @@ class ModelError(Exception):
     """The model file is missing or is not a usable anger model."""
 
 
-def default_model_path(name: str = "fp32") -> Path:
-    """Path of a model shipped inside the package (see PACKAGED_MODELS)."""
-    return Path(str(resources.files("anger_stream.models") / PACKAGED_MODELS[name]))
+def is_packaged(model: str | Path | None) -> bool:
+    """Whether `model` names a packaged model (or is None: the default)."""
+    return model is None or str(model) in PACKAGED_MODELS or str(model) in ALIASES
+
+
+def default_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """Path of a model shipped inside the package, by a name of PACKAGED_MODELS or ALIASES."""
+    return Path(str(resources.files("anger_stream.models") / PACKAGED_MODELS[ALIASES.get(name, name)]))
 
 
 def model_path(model: str | Path | None) -> Path:
-    """A packaged model's name ("fp32", "int8"), a path, or None (fp32) -> the model file's path."""
-    if model is None or str(model) in PACKAGED_MODELS:
-        return default_model_path(str(model or "fp32"))
+    """A packaged model's name (PACKAGED_MODELS, ALIASES), a path, or None (the default) -> the file's path."""
+    if is_packaged(model):
+        return default_model_path(str(model or DEFAULT_MODEL))
     return Path(model)
 
 

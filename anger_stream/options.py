@@ -17,7 +17,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .detector import DetectorConfig
 from .files import check_input
-from .model import PACKAGED_MODELS
+from .model import PACKAGED_MODELS, is_packaged
 from .sources import InputError
 from .stdio import EXIT_USAGE, fail
 
@@ -65,8 +65,9 @@ Model = Annotated[
     str | None,
     typer.Option(
         metavar="PATH|NAME",
-        help=f"ONNX model: a path, or a packaged model's name: {' or '.join(PACKAGED_MODELS)} (faster). "
-        "[default: fp32]",
+        help=f"ONNX model: a path, or a packaged model's name: {', '.join(PACKAGED_MODELS)}. full: the FCN and "
+        "YAMNet (p and a raised-voice score); fast: the FCN alone (several times cheaper, for very many calls); "
+        "-int8: quantised (faster). [default: full]",
     ),
 ]
 MinDbfs = Annotated[
@@ -165,7 +166,7 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     if model is not None:
         if not isinstance(model, str) or not model:
             fail(f"--config {path}: model must be a path or one of {', '.join(PACKAGED_MODELS)}", EXIT_USAGE)
-        if model not in PACKAGED_MODELS and not Path(model).is_absolute():
+        if not is_packaged(model) and not Path(model).is_absolute():
             data["model"] = str(path.parent / model)
     return data
 

@@ -86,7 +86,7 @@ def test_metrics_count_the_calls_of_every_worker(server: ServeProcess, speech: n
         assert before[("anger_stream_call_errors_total", (("kind", "timeout"), ("protocol", protocol)))] == 0
     assert before[("anger_stream_windows_total", (("result", "silent"),))] == 0
     assert before[("anger_stream_calls_angry", ())] == 0
-    assert before[("anger_stream_build_info", (("model", "fp32"), ("version", __version__)))] == 1
+    assert before[("anger_stream_build_info", (("model", "full"), ("version", __version__)))] == 1
     assert before[("process_open_fds", ())] > 0
     if shutil.which("promtool"):
         lint = subprocess.run(["promtool", "check", "metrics"], input=exposition(port), capture_output=True, text=True)

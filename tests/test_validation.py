@@ -137,8 +137,10 @@ def test_audio_the_api_cannot_take_is_refused_clearly(samples: np.ndarray, words
 
 
 def test_packaged_models_by_name() -> None:
-    assert AngerModel("int8").path.name == "anger_fcn.int8.onnx"
-    assert AngerModel("fp32").path == AngerModel().path
+    assert AngerModel("int8").path.name == "anger_full.int8.onnx"
+    assert AngerModel("fast-int8").path.name == "anger_fcn.int8.onnx"
+    assert AngerModel("fp32").path == AngerModel().path == AngerModel("full").path
+    assert AngerModel().has_raised and not AngerModel("fast").has_raised
 
 
 def test_models_without_one_probability_per_window_are_refused_at_load(models: dict[str, Path]) -> None:

@@ -325,11 +325,11 @@ def _signals_for_main_thread() -> Iterator[None]:
 def _metrics_endpoint(host: str, port: int, model: str | None) -> Iterator[None]:
     """The metrics endpoint for this process and the workers it starts (`listening` line and all), and the
     folder of their values, removed at the end."""
-    from ..model import PACKAGED_MODELS
+    from ..model import DEFAULT_MODEL, is_packaged
     from ..stdio import EXIT_INPUT, fail
     from . import prometheus
 
-    name = (model or "fp32") if (model or "fp32") in PACKAGED_MODELS else Path(model or "").name
+    name = (model or DEFAULT_MODEL) if is_packaged(model) else Path(model or "").name
     folder = prometheus.prepare()
     try:
         try:

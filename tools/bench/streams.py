@@ -38,34 +38,35 @@ def _cpu_s() -> float:
 
 
 class _Timed:
-    """A model whose predict is timed (CPU seconds inside it, summed over threads): the model's share."""
+    """A model whose scoring (`score`, what the StreamSet calls) is timed (CPU seconds inside it, summed over
+    threads): the model's share."""
 
     def __init__(self, model: object) -> None:
         self.model, self.seconds, self._lock = model, 0.0, threading.Lock()
 
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
+    def __call__(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t0 = time.thread_time()  # CPU time: a thread preempted inside the model is not the model's cost
-        p = self._predict(windows)
+        scores = self._score(windows)
         with self._lock:
             self.seconds += time.thread_time() - t0
-        return p
+        return scores
 
 
 def _make_model(path: str | None, timed: list) -> object:
-    """An AngerModel (one intra-op thread) or, for None, one that costs nothing; its predict timed."""
+    """An AngerModel (one intra-op thread) or, for None, one that costs nothing; its scoring timed."""
     from anger_stream.model import AngerModel
 
     class Null(AngerModel):
         def __init__(self) -> None:  # no session
             pass
 
-        def predict(self, windows: np.ndarray) -> np.ndarray:
-            return np.zeros(len(windows), dtype=np.float32)
+        def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return np.zeros(len(windows), dtype=np.float32), np.full(len(windows), np.nan, dtype=np.float32)
 
     model = Null() if path is None else AngerModel(path, threads=1)
     clock = _Timed(model)
-    clock._predict = model.predict  # type: ignore[attr-defined]
-    model.predict = clock  # type: ignore[method-assign]
+    clock._score = model.score  # type: ignore[attr-defined]
+    model.score = clock  # type: ignore[method-assign]
     timed.append(clock)
     return model
 

@@ -82,6 +82,13 @@ def first_convs(model: Path, n: int) -> list[str]:
     return [node.name for node in onnx.load(str(model)).graph.node if node.op_type == "Conv"][:n]
 
 
+def scope_nodes(model: Path, scope: str | None) -> list[str]:
+    """Names of the nodes whose name contains `scope` (none for None)."""
+    import onnx
+
+    return [node.name for node in onnx.load(str(model)).graph.node if scope and scope in node.name]
+
+
 def quantize(
     model: Path,
     out: Path,
@@ -89,13 +96,15 @@ def quantize(
     windows: np.ndarray | None = None,
     calibrate: str = "percentile",
     keep_float: int = 0,
+    keep_float_scope: str | None = None,
 ) -> None:
-    """Write the int8 model; static mode needs calibration windows. The first `keep_float` convs stay float32."""
+    """Write the int8 model; static mode needs calibration windows. The first `keep_float` convs stay float32,
+    and so does every node whose name contains `keep_float_scope` (e.g. a front end computed before a log)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
-        exclude = first_convs(pre, keep_float)
+        exclude = first_convs(pre, keep_float) + scope_nodes(pre, keep_float_scope)
         if mode == "dynamic":
             quantize_dynamic(pre, out, op_types_to_quantize=["Conv"], per_channel=True, nodes_to_exclude=exclude)
             _copy_metadata(model, out, mode)
@@ -113,7 +122,8 @@ def quantize(
             calibrate_method=CALIBRATION[calibrate],
             nodes_to_exclude=exclude,
         )
-    _copy_metadata(model, out, f"{mode} {calibrate}, first {keep_float} conv(s) float32")
+    kept = f", {keep_float_scope} float32" if keep_float_scope else ""
+    _copy_metadata(model, out, f"{mode} {calibrate}, first {keep_float} conv(s) float32{kept}")
 
 
 def _copy_metadata(source: Path, target: Path, mode: str) -> None:
@@ -162,6 +172,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--windows", type=int, default=1024, help="calibration windows")
     ap.add_argument("--calibrate", choices=sorted(CALIBRATION), default="percentile", help="activation ranges")
     ap.add_argument("--keep-float", type=int, default=0, help="leave the first N convolutions in float32")
+    ap.add_argument("--keep-float-scope", help="leave the nodes whose name contains this in float32 (/log_mel/)")
     ap.add_argument("--evaluate", action="store_true", help="gate on window AUROC (tools.evaluate)")
     ap.add_argument(
         "--dev", type=Path, action="append", default=[], help="extra corpus scored whole by the gate (EmoDB)"
@@ -176,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.mode == "static" and not args.manifest:
         raise SystemExit("error: static quantization needs --manifest (calibration data)")
     windows = calibration_windows(args.manifest, args.windows) if args.mode == "static" else None
-    quantize(args.model, args.out, args.mode, windows, args.calibrate, args.keep_float)
+    quantize(args.model, args.out, args.mode, windows, args.calibrate, args.keep_float, args.keep_float_scope)
     print(f"wrote {args.out} ({args.mode}, {0 if windows is None else len(windows)} calibration windows)")
     if not args.evaluate:
         return
@@ -190,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         mode=args.mode,
         calibrate=args.calibrate,
         keep_float=args.keep_float,
+        keep_float_scope=args.keep_float_scope,
         calibration_windows=args.windows,
     )
     args.report.parent.mkdir(parents=True, exist_ok=True)
