@@ -95,8 +95,8 @@ class AngerProcessor(FrameProcessor):
         max_queue: int = 100,
         **kwargs,
     ) -> None:
-        """`model`: an ONNX path, a packaged model's name or an `AngerModel` (default: "full"); the detector options as in
-        the CLI (`hold_s` is --hold), or all of them as `config` (a `DetectorConfig`, which then wins);
+        """`model`: an ONNX path, a packaged model's name or an `AngerModel` (default: "full"); the detector
+        options as in the CLI (`hold_s` is --hold), or all of them as `config` (a `DetectorConfig`, which then wins);
         `windows`: also push a frame per window; `max_queue`: audio frames waiting to be scored
         before new ones are dropped. Other keyword arguments go to `FrameProcessor`."""
         super().__init__(**kwargs)
