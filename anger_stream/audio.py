@@ -138,6 +138,10 @@ def to_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
+MIX_BLOCK = 1 << 16
+"""Frames mixed down at a time (a float64 block of them is the only temporary)."""
+
+
 def mixdown(samples: np.ndarray) -> np.ndarray:
     """Mono (frames,) or (frames, channels) -> mono (frames,), by averaging channels."""
     samples = np.asarray(samples)
@@ -145,7 +149,10 @@ def mixdown(samples: np.ndarray) -> np.ndarray:
         return samples
     if samples.ndim != 2 or samples.shape[1] == 0:
         raise ValueError(f"audio must be 1-D (mono) or 2-D (frames, channels), not of shape {samples.shape}")
-    return samples.mean(axis=1, dtype=np.float64).astype(np.float32)  # float32 sums of loud channels overflow
+    out = np.empty(len(samples), dtype=np.float32)
+    for i in range(0, len(samples), MIX_BLOCK):  # in float64 (float32 sums of loud channels overflow), in blocks
+        out[i : i + MIX_BLOCK] = samples[i : i + MIX_BLOCK].mean(axis=1, dtype=np.float64)
+    return out
 
 
 def as_mono(samples: np.ndarray) -> np.ndarray:

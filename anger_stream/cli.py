@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Annotated, Any
 
 import numpy as np
@@ -69,26 +69,35 @@ app.command("calibrate", cls=options.Command)(calibrate_command)
 
 
 class Stop(Exception):
-    """SIGTERM: end the stream cleanly, as Ctrl-C does."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Stop
+    """Ctrl-C or SIGTERM: end the stream cleanly."""
 
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 """Held back while a chunk is scored and its lines written, so that a stop never falls between the detector's
 state and its events (an anger_start lost, or a stream ended half-way through a tick)."""
+_deferred = {"active": False, "pending": False}
+
+
+def _on_stop(signum: int, frame: object) -> None:
+    """Raise Stop, or, inside `stops_deferred`, remember it for the block's end. (Blocking the signals would
+    not do: onnxruntime's threads do not block them, and Python runs the handler in the main thread anyway.)"""
+    if _deferred["active"]:
+        _deferred["pending"] = True
+        return
+    raise Stop
 
 
 @contextmanager
 def stops_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM arriving in the block take effect at its end."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Ctrl-C and SIGTERM arriving in the block take effect at its end (when it ends without an error)."""
+    _deferred["active"] = True
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        _deferred["active"] = False
+    if _deferred["pending"]:
+        _deferred["pending"] = False
+        raise Stop
 
 
 def paced(chunks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
@@ -111,7 +120,8 @@ def run_stream(
     overflows: Callable[[], int] = lambda: 0,
 ) -> None:
     """Feed a source through the detector until it ends, is interrupted or its reader goes away."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_stop)
     publish([Status("start", 0.0, {"sample_rate": rate, **info})])
     seen_overflows = 0
     counts = Counts()
@@ -130,7 +140,7 @@ def run_stream(
                     publish([Status("overflow", detector.t, {"overflows": seen_overflows})])
     except (KeyboardInterrupt, Stop):
         state = "interrupted"
-    with stops_deferred():
+    with suppress(Stop), stops_deferred():  # a stop now has nothing left to stop
         t_end = detector.duration
         publish_counted(detector.flush(interrupted=state == "interrupted"))
         publish([Status(state, t_end, counts.to_dict())])
@@ -412,7 +422,7 @@ def main() -> None:
         code = typer.main.get_command(app).main(prog_name="anger-stream", standalone_mode=False)
     except ClickException as exc:
         code = _usage_error(exc)
-    except (StdoutClosed, KeyboardInterrupt):
+    except (StdoutClosed, KeyboardInterrupt, Stop):  # Stop: after the stream's last line
         code = 0
     except OutputError as exc:
         say(f"anger-stream: error: {exc}")

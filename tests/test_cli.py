@@ -219,3 +219,24 @@ def test_bad_model_file(speech_wav: Path, tmp_path: Path) -> None:
     bogus.write_bytes(b"not a model")
     assert_one_line_error(run_cli("--input", str(speech_wav), "--model", str(bogus)), EXIT_MODEL, "model")
     assert_one_line_error(run_cli("--input", str(speech_wav), "--model", str(tmp_path / "none.onnx")), EXIT_MODEL)
+
+
+def test_sigterm_while_the_last_windows_are_scored_ends_cleanly(tmp_path: Path) -> None:
+    """With 10 s windows every window of a 2 s file is scored when the input ends (about 3,300 here, seconds of
+    work): SIGTERM then waits for them, and the command ends with its final status line and exit code 0."""
+    path = tmp_path / "noise.wav"
+    sf.write(path, (0.1 * np.random.default_rng(5).standard_normal(32_000)).astype(np.float32), 16_000)
+    proc = subprocess.Popen(
+        [CLI, "--input", str(path), "-q", "--window", "10", "--hop", "0.0003", "--model", "int8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert json.loads(proc.stdout.readline())["state"] == "start"
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait(120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "internal error" not in err, err
+    assert json.loads(out.splitlines()[-1])["state"] in ("end", "interrupted")

@@ -340,3 +340,12 @@ def test_long_windows_with_a_one_sample_hop_keep_memory_bounded(detector: AngerD
     events = long.feed(x) + long.flush()
     assert len(windows(events)) == 301
     assert audio._ones.cache_info().currsize <= 4
+
+
+def test_loud_stereo_mixes_down_without_overflow(detector: AngerDetector) -> None:
+    x = np.full((20_000, 2), 3e38, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.allclose(audio.mixdown(x), 3e38, rtol=1e-6)
+        detector.feed(x)
+        detector.flush()

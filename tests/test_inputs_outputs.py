@@ -302,3 +302,23 @@ def test_option_files_say_what_is_wrong_in_the_same_words(speech_wav: Path, tmp_
     assert_one_line_error(config, EXIT_USAGE, f"--config: no such file: {missing}")
     labels = run_cli("calibrate", str(speech_wav), "--labels", str(tmp_path))
     assert_one_line_error(labels, EXIT_USAGE, f"--labels: is a folder, not a file: {tmp_path}")
+
+
+def test_a_recording_is_decoded_into_one_array(tmp_path: Path) -> None:
+    """A minute of 48 kHz stereo decodes with about its own size in memory, not twice it (blocks then joined)."""
+    import tracemalloc
+
+    import soundfile as sf
+
+    from anger_stream.sources.file import read_recording
+
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros((48_000 * 60, 2), dtype=np.int16), 48_000)
+    tracemalloc.start()
+    try:
+        recording = read_recording(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert recording.samples.shape == (48_000 * 60, 2)
+    assert peak < 1.3 * recording.samples.nbytes, peak / recording.samples.nbytes

@@ -101,19 +101,24 @@ def read_recording(path: str | Path, cancelled: Callable[[], bool] = lambda: Fal
 
     `cancelled` is checked between blocks: when it returns True, reading stops with an InputError.
     """
-    blocks: list[np.ndarray] = []
     reason = None
     with open_file(path) as f:
+        # decoded into one array of the length the header gives (grown if it says too little): a list of blocks
+        # joined at the end held the audio twice
+        samples, n = np.empty((max(f.frames, 0) if f.seekable() else 0, f.channels), np.float32), 0
         try:
             for chunk in f.blocks(blocksize=BLOCK, dtype="float32", always_2d=True):  # as the detector reads
                 if cancelled():
                     raise InputError(f"reading {shown(path)} was cancelled")
-                blocks.append(require_finite(chunk, shown(path)))
+                if n + len(chunk) > len(samples):
+                    samples = np.resize(samples, (max(2 * len(samples), n + len(chunk)), f.channels))
+                samples[n : n + len(chunk)] = require_finite(chunk, shown(path))
+                n += len(chunk)
         except (sf.LibsndfileError, RuntimeError) as exc:
             reason = _first_line(exc)
-            if not blocks:
+            if not n:
                 raise InputError(f"cannot decode {shown(path)}: {reason}") from None
-        samples = np.concatenate(blocks) if blocks else np.zeros((0, f.channels), np.float32)
+        samples = samples[:n]
         return Recording(samples, f.samplerate, _truncation(f, len(samples), reason))
 
 
