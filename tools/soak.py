@@ -28,7 +28,8 @@ import numpy as np
 import soundfile as sf
 
 from anger_stream.serve.hub import FINAL_STATES
-from tools.loadtest import FRAME, FRAME_S, RATE, Call, LoadTest, _cpu_seconds, _rss_mb, loopback
+from tools import loadtest
+from tools.loadtest import FRAME, FRAME_S, RATE, Call, LoadTest, _cpu_seconds, _rss_mb
 
 WARM_UP_MIN = 5.0
 
@@ -225,12 +226,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.calls <= 2000 or not 1 <= args.call_seconds <= 3600 or args.minutes <= 0:
         parser.error("--calls must be 1..2000, --call-seconds 1..3600 and --minutes above 0")
-    # the load test's server options, fixed here
-    args.protocol, args.duration, args.target, args.ramp, args.rounds = "mixed", args.call_seconds, "127.0.0.1:0", 0, 1
-    args.max_batch, args.read_timeout, args.metrics, args.dashboard = None, 10.0, False, False
-    args.flood = args.ping_flood = args.slowloris = args.dtmf = 0
-    assert loopback(args.target.rsplit(":", 1)[0])
-    return args
+    server = ["--protocol", "mixed", "--file", str(args.file), "--duration", str(args.call_seconds), "--ramp", "0"]
+    server += ["--workers", str(args.workers), "--threads", str(args.threads)]
+    server += ["--model", args.model] if args.model else []
+    return argparse.Namespace(**{**vars(loadtest.parse(server)), **vars(args)})  # the load test's own defaults
 
 
 def main(argv: list[str] | None = None) -> None:
