@@ -381,3 +381,21 @@ def test_workers_report_listen_and_model_errors_once() -> None:
     r = subprocess.run([CLI, "serve", "--audiosocket", "127.0.0.1:0", "--workers", "2", "--model", "/no.onnx"],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 5 and r.stderr.count("model file not found") == 1
+
+
+def test_a_hangup_ends_the_call_while_the_caller_keeps_the_socket_open(
+    server: ServeProcess, speech: np.ndarray
+) -> None:
+    """Reads wait for two frames' bytes (batched); the last frame and the hangup, fewer, are read all the same."""
+    call = str(uuid.uuid4())
+    with socket.create_connection(("127.0.0.1", server.ports["audiosocket"])) as s:
+        s.sendall(audiosocket.uuid_frame(call))
+        t0 = time.monotonic()
+        for n, i in enumerate(range(0, 16_000, 160)):  # 2 s in real time
+            time.sleep(max(t0 + n * 0.02 - time.monotonic(), 0))
+            s.sendall(audiosocket.audio_frame(speech[i : i + 160]))
+        s.sendall(audiosocket.hangup_frame())
+        sent = time.monotonic()
+        events = server.call_events(call, timeout=5)
+        assert time.monotonic() - sent < 1.0  # not the read timeout's 10 s
+    assert events[-1]["state"] == "end" and events[-1]["windows"] == len(expected_lines(speech[:16_000], 8000, call))

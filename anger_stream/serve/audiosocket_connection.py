@@ -6,6 +6,10 @@ from ..events import Status
 from . import audiosocket
 from .server import SHORT_FRAME_S, CallConnection, Server
 
+BATCH_FRAMES = 2
+"""Frames (of the size of the call's first) that a read waits for: one wake-up per 40 ms of 20 ms frames,
+the least time between ticks (hub.TICK_INTERVAL_S), so the lines come no later."""
+
 
 class AudioSocketConnection(CallConnection):
     """One AudioSocket connection: UUID, audio frames, hangup (or EOF), parsed as the bytes arrive.
@@ -18,6 +22,7 @@ class AudioSocketConnection(CallConnection):
 
     def __init__(self, server: Server) -> None:
         super().__init__(server)
+        self._batch = 0  # bytes a read waits for once the call is open (`batch_reads`)
         self.parser = audiosocket.Parser(merge_min_s=SHORT_FRAME_S)  # short frames are counted one by one
 
     def _feed(self, data: bytes) -> None:
@@ -57,6 +62,11 @@ class AudioSocketConnection(CallConnection):
         if isinstance(event, audiosocket.Audio):
             if not self.opened:
                 self.open(event.sample_rate, "s16le", {"protocol": self.protocol, "peer": self.peer})
+                self._batch = BATCH_FRAMES * (audiosocket.HEADER + len(event.pcm))
+                if self.opened:
+                    self.batch_reads(self._batch)
+            elif event.frames >= BATCH_FRAMES and self not in self.server.batching and not self.over:
+                self.batch_reads(self._batch)  # frames come in a steady stream again
             if self.opened:
                 self.push(event.pcm)
         elif isinstance(event, audiosocket.CallId):

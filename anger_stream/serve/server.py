@@ -84,6 +84,11 @@ class Allowance:
         return True
 
 
+READ_GAP_S = 0.06
+"""A connection reading in batches (`batch_reads`) that has not delivered a frame for this long reads every
+byte again (what is left of a call, a hangup, must not wait for bytes that may not come)."""
+
+
 def peer_name(address: Any) -> str:
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else str(address)
 
@@ -153,6 +158,7 @@ class CallConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.server.batching.discard(self)
         self._lost(exc)
         self.end("interrupted")
 
@@ -177,6 +183,24 @@ class CallConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (as the protocol does it)."""
         self.transport.close()
+
+    def batch_reads(self, least: int) -> None:
+        """Be woken only once `least` bytes are waiting (the socket's receive low-water mark), so that a read
+        carries several frames: fewer wake-ups per second of audio. The server's sweep undoes it when frames
+        stop coming (READ_GAP_S). Plain TCP only."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or self.transport.get_extra_info("sslcontext") is not None:
+            return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, least)
+            self.server.batching.add(self)
+
+    def read_every_byte(self) -> None:
+        """Undo `batch_reads`."""
+        self.server.batching.discard(self)
+        sock = self.transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
     # reading, in turns
 
@@ -360,6 +384,7 @@ class Server:
         self.worker = worker  # this process's index under `serve --workers`, named in each call's start line
         self.policy = policy or Policy()  # who may connect (security.py)
         self.connections: set[CallConnection] = set()
+        self.batching: set[CallConnection] = set()  # connections reading in batches (`batch_reads`)
 
     def admits(self, protocol: str, transport: asyncio.BaseTransport) -> bool:
         """The allow-list: a connection from another network is closed at once, with one line on stderr."""
@@ -389,6 +414,15 @@ class Server:
                     self._close(conn, f"{conn.idle_error} for {self.read_timeout:g} s", "timeout")
                 elif conn.opened and self.hub.t(conn.streams[0]) < MIN_SPEED * (now - conn.opened_at) - slack:
                     self._close(conn, f"audio arrives at less than {MIN_SPEED:g} times real time", "too_slow")
+
+    async def sweep(self) -> None:
+        """Connections reading in batches whose frames stopped coming read every byte again."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(READ_GAP_S / 2)
+            now = loop.time()
+            for conn in [c for c in self.batching if now - c.seen > READ_GAP_S and not c.held]:
+                conn.read_every_byte()
 
     def _close(self, conn: CallConnection, message: str, kind: str) -> None:
         if conn.quiet():
@@ -448,6 +482,7 @@ async def serve(
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     ticker = asyncio.create_task(hub.run())
     watchdog = asyncio.create_task(server.watch())
+    sweeper = asyncio.create_task(server.sweep())
     stopper = asyncio.create_task(stop.wait())
     failed = asyncio.create_task(hub.failed.wait())
     try:
@@ -469,6 +504,7 @@ async def serve(
             loop.remove_signal_handler(sig)
         ticker.cancel()
         watchdog.cancel()
+        sweeper.cancel()
         stopper.cancel()
         failed.cancel()
         with contextlib.suppress(asyncio.CancelledError):
