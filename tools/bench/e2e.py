@@ -201,6 +201,9 @@ class NullModel(AngerModel):
     def predict(self, windows: np.ndarray) -> np.ndarray:
         return np.zeros(len(windows), dtype=np.float32)
 
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.predict(windows), np.full(len(windows), np.nan, dtype=np.float32)
+
 
 class StreamLoad:
     """N streams of real speech at distinct offsets, each fed one hop per cycle, on one StreamSet."""
