@@ -277,7 +277,7 @@ def compact(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.evaluate.false_alarms", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="fp32", help="ONNX model path, or a packaged model's name")
+    parser.add_argument("--model", default="full", help="ONNX model path, or a packaged model's name")
     parser.add_argument("--data", type=Path, default=SHARED / "data", help="folder of the corpora (manifest.csv each)")
     parser.add_argument("--json", type=Path, required=True, help="write the results here")
     parser.add_argument("--cache", type=Path, help="keep each split's and channel's window scores here")
