@@ -204,7 +204,7 @@ def detector_settings(
     except ValueError as exc:
         name, _, reason = str(exc).partition(" ")
         if name in fields and given.get(name) is None and name in FILE_KEYS.values():
-            where = f"--config {config_file}: {name}"
+            where = f"--config {config_file}: {next(k for k, v in FILE_KEYS.items() if v == name)}"
         else:
             where = OPTION_NAMES.get(name, name)
         fail(f"{where} {reason}", EXIT_USAGE)

@@ -134,3 +134,20 @@ def test_a_models_raised_output_reaches_the_windows_and_segments(model: Path, tm
     # the same audio streamed in chunks gives the same events
     streamed = [e for i in range(0, len(x), 1600) for e in two.feed(x[i : i + 1600])] + two.flush()
     assert [e.to_dict() for e in streamed] == [e.to_dict() for e in events]
+
+
+def test_hold_from_a_settings_file_and_the_option_checked(peak_model: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "call.wav", calm(2), angry(2), pause(2), angry(2), calm(4))
+    settings = tmp_path / "site.json"
+    settings.write_text('{"hold": 0}')
+    split = anger_events(run_cli("-i", str(path), "--model", str(peak_model), "--config", str(settings)))
+    assert [e["type"] for e in split] == ["anger_start", "anger_end"] * 2
+    one = anger_events(run_cli("-i", str(path), "--model", str(peak_model), "--config", str(settings), "--hold", "3"))
+    assert [e["type"] for e in one] == ["anger_start", "anger_end"]  # the option wins over the file
+    settings.write_text('{"hold": -1}')
+    bad = run_cli("-i", str(path), "--config", str(settings))
+    assert bad.returncode == 2 and bad.stderr.decode() == (
+        f"anger-stream: error: --config {settings}: hold must be from 0 to 60 s, not -1\n"
+    )
+    bad = run_cli("-i", str(path), "--hold", "61")
+    assert bad.returncode == 2 and b"--hold must be from 0 to 60 s, not 61" in bad.stderr

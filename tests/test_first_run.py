@@ -22,7 +22,7 @@ from anger_stream import AngerDetector
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_USAGE, EXIT_INPUT, EXIT_DEVICE, EXIT_MODEL = 2, 3, 4, 5
-SHARED_OPTIONS = ["--threshold", "--model", "--min-dbfs", "--patience", "--hysteresis", "--config"]
+SHARED_OPTIONS = ["--threshold", "--model", "--min-dbfs", "--patience", "--hysteresis", "--hold", "--config"]
 
 
 # --- options before a subcommand, usage errors, help -------------------------------------------------------
