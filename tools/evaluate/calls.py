@@ -87,14 +87,16 @@ def _join(parts: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[np.nda
     return np.concatenate(out), spans
 
 
-def _passage(angry: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """Angry clips in random order, as many as reach a length drawn from PASSAGE_S (pauses between them
+def _passage(
+    angry: list[np.ndarray], rng: np.random.Generator, passage_s: tuple[float, float] = PASSAGE_S
+) -> list[np.ndarray]:
+    """Angry clips in random order, as many as reach a length drawn from `passage_s` (pauses between them
     counted at their mean) without passing its upper end."""
-    target, chosen, length = rng.uniform(*PASSAGE_S), [], 0.0
+    target, chosen, length = rng.uniform(*passage_s), [], 0.0
     gap = sum(PAUSE_S) / 2
     for i in rng.permutation(len(angry)):
         s = len(angry[i]) / audio.SAMPLE_RATE
-        if chosen and length + gap + s > PASSAGE_S[1]:
+        if chosen and length + gap + s > passage_s[1]:
             continue
         chosen.append(angry[i])
         length += s + (gap if len(chosen) > 1 else 0.0)
@@ -103,8 +105,15 @@ def _passage(angry: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarr
     return chosen
 
 
-def build_calls(clips: Sequence[Clip], seed: int = 0, load: Callable[[Clip], np.ndarray] | None = None) -> list[Call]:
-    """Each speaker's calm calls and, where the speaker has angry clips, their angry twins."""
+def build_calls(
+    clips: Sequence[Clip],
+    seed: int = 0,
+    load: Callable[[Clip], np.ndarray] | None = None,
+    call_s: float = CALL_S,
+    passage_s: tuple[float, float] = PASSAGE_S,
+) -> list[Call]:
+    """Each speaker's calm calls (about `call_s` seconds of clips) and, where the speaker has angry clips,
+    their angry twins (one passage of `passage_s` seconds inserted)."""
     load = load or (lambda clip: load_audio(clip.path))
     speakers: dict[tuple[str, str], list[Clip]] = defaultdict(list)
     for clip in clips:
@@ -118,7 +127,7 @@ def build_calls(clips: Sequence[Clip], seed: int = 0, load: Callable[[Clip], np.
         for i in rng.permutation(len(calm)):
             group.append(calm[i])
             length += len(calm[i]) / audio.SAMPLE_RATE
-            if length >= CALL_S:
+            if length >= call_s:
                 groups.append(group)
                 group, length = [], 0.0
         if group:
@@ -127,7 +136,7 @@ def build_calls(clips: Sequence[Clip], seed: int = 0, load: Callable[[Clip], np.
             calls.append(Call(corpus, speaker, _join(group, rng)[0], None))
             if not angry:
                 continue
-            passage = _passage(angry, rng)
+            passage = _passage(angry, rng, passage_s)
             cut = int(rng.integers(1, len(group) + 1))
             x, spans = _join([*group[:cut], *passage, *group[cut:]], rng)
             first, last = spans[cut][0], spans[cut + len(passage) - 1][1]
