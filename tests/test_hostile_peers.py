@@ -264,14 +264,18 @@ def test_log_lines_never_block_the_logger() -> None:
 
 
 def test_read_timeout_must_be_finite() -> None:
-    done = subprocess.run([CLI, "serve", "--audiosocket", "0", "--read-timeout", "inf"], capture_output=True, text=True)
+    done = subprocess.run(
+        [CLI, "serve", "--audiosocket", "0", "--read-timeout", "inf"], capture_output=True, text=True, timeout=60
+    )  # a server that accepted it would run until the timeout
     assert done.returncode == 2 and "--read-timeout" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_deeply_nested_config_file_is_one_error_line(tmp_path: Path) -> None:
     config = tmp_path / "deep.json"
     config.write_text("[" * 100_000 + "]" * 100_000)
-    done = subprocess.run([CLI, "serve", "--audiosocket", "0", "--config", str(config)], capture_output=True, text=True)
+    done = subprocess.run(
+        [CLI, "serve", "--audiosocket", "0", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2 and "nested too deep" in done.stderr and "Traceback" not in done.stderr
 
 
