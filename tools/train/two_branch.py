@@ -52,7 +52,6 @@ KEEP = (yamnet.SPEECH, *yamnet.RAISED)
 VOICE = list(range(1, len(KEEP)))
 """Columns of the raised-voice classes among the KEEP logits."""
 C = 0.01
-SETS = ("train", "val", "dev", "test")
 BATCH = 64
 
 
