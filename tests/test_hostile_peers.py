@@ -40,8 +40,11 @@ def _ws_until_closed(port: int, messages: list[str | bytes], then: str = "", sec
 
     started = time.monotonic()
     with connect(f"ws://127.0.0.1:{port}/media", max_size=None, close_timeout=1) as ws:
-        for msg in messages:
-            ws.send(msg)
+        try:
+            for msg in messages:
+                ws.send(msg)
+        except ConnectionClosed:  # the server closed the call before the last messages: what some cases expect
+            return time.monotonic() - started
         flood = {
             "pong": lambda: ws.pong(b"x"),
             "mark": lambda: ws.send(json.dumps({"event": "mark", "streamSid": "MZh", "mark": {"name": "m"}})),
