@@ -69,12 +69,16 @@ class Call:
     protocol: str = "audiosocket"
 
 
+def pcm16(x: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] as the int16 samples a call carries (clipped)."""
+    return (np.clip(x, -1, 1 - 1 / 32768) * 32768).astype(np.int16)
+
+
 def load_audio(path: Path, duration: float) -> np.ndarray:
     """The file as int16 at 8 kHz, looped or cut to `duration` seconds."""
     x, rate = sf.read(path, dtype="float32", always_2d=True)
     x = audio.resample(audio.mixdown(x), rate, RATE)
-    n = round(duration * RATE)
-    return (np.clip(np.resize(x, n), -1, 1 - 1 / 32768) * 32768).astype(np.int16)
+    return pcm16(np.resize(x, round(duration * RATE)))
 
 
 async def ws_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uri: str) -> ClientProtocol:

@@ -39,7 +39,7 @@ from anger_stream.serve.hub import FINAL_STATES
 from tools.channels import telephone
 from tools.evaluate.calls import Call, build_calls
 from tools.evaluate.scoring import load_audio
-from tools.loadtest import CLI, FRAME, FRAME_S, RATE, _cpu_seconds
+from tools.loadtest import CLI, FRAME, FRAME_S, RATE, _cpu_seconds, pcm16
 from tools.manifest import SHARED, load_manifest
 
 PASSAGE_S = (18.0, 22.0)
@@ -84,8 +84,7 @@ def floor_calls(manifests: Sequence[Path], n: int, angry: int, call_s: float, se
 
 def telephone_samples(call: Call) -> np.ndarray:
     """The call through the telephone channel, as the 8 kHz int16 samples AudioSocket carries."""
-    x = audio.resample(telephone(call.audio), audio.SAMPLE_RATE, RATE)
-    return (np.clip(x, -1, 1 - 1 / 32768) * 32768).astype(np.int16)
+    return pcm16(audio.resample(telephone(call.audio), audio.SAMPLE_RATE, RATE))
 
 
 async def _serve(args: argparse.Namespace) -> asyncio.subprocess.Process:
