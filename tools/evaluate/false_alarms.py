@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from anger_stream import audio
 from anger_stream.detector import AngerDetector, DetectorConfig
 from anger_stream.events import AngerEnd, AngerStart
 from anger_stream.model import model_path
@@ -89,7 +90,7 @@ def run_rule(scored: ScoredCalls, config: DetectorConfig, k: int = 1) -> list[li
             elif isinstance(e, AngerEnd):
                 segments[s[i]][-1] = (segments[s[i]][-1][0], e.t)
     for c in np.flatnonzero(trackers.active):
-        end = len(scored.calls[c].audio) / 16000
+        end = len(scored.calls[c].audio) / audio.SAMPLE_RATE
         segments[c][-1] = (segments[c][-1][0], end)
     return segments
 
@@ -212,7 +213,7 @@ def describe(scored: dict[str, ScoredCalls]) -> dict[str, Any]:
         "speakers": sorted({f"{c.corpus}:{c.speaker}" for c in s.calls}),
         "calm_calls": sum(c.passage is None for c in s.calls),
         "angry_calls": sum(c.passage is not None for c in s.calls),
-        "audio_hours": round(sum(len(c.audio) for c in s.calls) / 16000 / 3600, 3),
+        "audio_hours": round(sum(len(c.audio) for c in s.calls) / audio.SAMPLE_RATE / 3600, 3),
     }
 
 
