@@ -75,11 +75,12 @@ class AngerDetector:
         """`model`: an AngerModel, a path, a packaged model's name (`model.PACKAGED_MODELS`) or None (the
         default, "full"). The detector's parameters come as `config` or as its fields (threshold=, hop_s=, ...),
         not both."""
-        valid = ", ".join(f.name for f in fields(DetectorConfig) if f.init)
-        unknown = sorted(set(settings) - set(valid.split(", ")))
+        names = [f.name for f in fields(DetectorConfig) if f.init]
+        unknown = sorted(set(settings) - set(names))
         if unknown:
-            close = [m for name in unknown for m in get_close_matches(name, valid.split(", "), n=1)]
+            close = [m for name in unknown for m in get_close_matches(name, names, n=1)]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            valid = ", ".join(names)
             raise TypeError(f"AngerDetector got an unknown setting {', '.join(unknown)}{hint}; valid: {valid}")
         if config is None:
             config = DetectorConfig(**({} if threshold is None else {"threshold": threshold}), **settings)
