@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from ..stdio import say
+from .allowance import Allowance
 
 PREFIX = "anger-stream serve: "
 MAX_LINE = 1000
@@ -52,18 +53,13 @@ class _PeerLimit:
     """Token buckets per peer host (PEER_BURST, PEER_PER_S), and how many lines each had dropped."""
 
     def __init__(self) -> None:
-        self._peers: OrderedDict[str, tuple[float, float, int]] = OrderedDict()  # tokens, when, dropped
+        self._peers: OrderedDict[str, tuple[Allowance, int]] = OrderedDict()  # allowance, lines dropped
 
     def admit(self, peer: str, now: float) -> int | None:
         """None if the line about `peer` is dropped, else how many were dropped before it."""
-        tokens, when, dropped = self._peers.pop(peer, (PEER_BURST, now, 0))
-        tokens = min(PEER_BURST, tokens + (now - when) * PEER_PER_S)
-        if tokens < 1.0:
-            self._peers[peer] = (tokens, now, dropped + 1)
-            admitted = None
-        else:
-            self._peers[peer] = (tokens - 1.0, now, 0)
-            admitted = dropped
+        allowance, dropped = self._peers.pop(peer, None) or (Allowance(PEER_PER_S, PEER_BURST, now), 0)
+        admitted = dropped if allowance.take(now) else None
+        self._peers[peer] = (allowance, 0 if admitted is not None else dropped + 1)
         while len(self._peers) > PEERS:
             self._peers.popitem(last=False)
         return admitted

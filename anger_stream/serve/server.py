@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from .. import codec
 from ..calls import ChannelId, DuplicateCall
 from ..events import Event, Status
+from .allowance import Allowance
 from .hub import Hub
 from .log import log
 from .security import Policy
@@ -67,21 +68,6 @@ flow control, by its bytes; frames carrying less than SHORT_FRAME_S of audio (em
 here, so that tiny frames cannot multiply the work per second of audio."""
 SHORT_FRAME_S = 0.005
 """Audio frames shorter than this are counted as `short audio frames` (calls send 20 ms)."""
-
-
-class Allowance:
-    """A token bucket: at most `burst` at once, `rate` a second after that."""
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate, self.burst, self.tokens, self.when = rate, burst, burst, now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.when) * self.rate)
-        self.when = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
 
 
 READ_GAP_S = 0.06
