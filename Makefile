@@ -105,7 +105,7 @@ model: $(VENV)/.test-installed  ## retrain and export the packaged models (fast,
 	  $(TRAIN_MANIFESTS) --dev $(SHARED)/data/emodb/manifest.csv --patches centre --out models/anger_full.onnx \
 	  --log models/training/two_branch_centre.json
 	$(BIN)/python -m tools.train.quantize --model models/anger_full.onnx --out models/anger_full.int8.onnx \
-	  $(TRAIN_MANIFESTS) --windows 2048 --keep-float-scope /log_mel/ --evaluate --dev $(SHARED)/data/emodb/manifest.csv \
+	  $(TRAIN_MANIFESTS) --windows 512 --keep-float-scope /log_mel/ --evaluate --dev $(SHARED)/data/emodb/manifest.csv \
 	  --report docs/quantize-full.json
 
 evaluate: $(VENV)/.test-installed  ## window and utterance AUROC of the shipped model on the test speakers

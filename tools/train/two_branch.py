@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from anger_stream import metrics
-from tools.train import yamnet
+from tools.train import fold_pads, yamnet
 from tools.train.export import OPSET, VERSION
 from tools.train.train import eval_set, thresholds
 
@@ -229,7 +229,8 @@ class TwoBranch(nn.Module):
 
 
 def merge(fcn: Path, branch: TwoBranch, metadata: dict[str, str]) -> onnx.ModelProto:
-    """One graph: input `audio` into the FCN (its nodes prefixed "fcn/") and the branch, outputs `p`, `raised`."""
+    """One graph: input `audio` into the FCN (its nodes prefixed "fcn/") and the branch, outputs `p`, `raised`;
+    YAMNet's Pad nodes folded into its convolutions (tools.train.fold_pads)."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -256,7 +257,7 @@ def merge(fcn: Path, branch: TwoBranch, metadata: dict[str, str]) -> onnx.ModelP
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model, full_check=True)
-    return model
+    return fold_pads.fold(model)  # YAMNet's "same" pads into its convolutions: the same outputs, faster
 
 
 def build(args: argparse.Namespace) -> dict:
