@@ -26,6 +26,8 @@ DEFAULT_MEDIASTREAM = "127.0.0.1:8765"
 DEFAULT_WEBSOCKET_PCM = "127.0.0.1:8766"
 ENV_PREFIX = "ANGER_STREAM_SERVE"
 """Every option of `serve` can also come from the environment, as ENV_PREFIX_<OPTION> (containers)."""
+MAX_BATCH = 32
+"""Windows per model call at most (--max-batch): a tick's windows in few calls, with little gain beyond this."""
 
 
 def json_lines(write: Callable[[str], None], events_only: bool) -> Sink:
@@ -92,7 +94,7 @@ def serve(
     threads: Annotated[int, typer.Option(min=1, metavar="N", help="Concurrent scoring threads per tick.")] = min(
         2, os.cpu_count() or 1
     ),
-    max_batch: Annotated[int, typer.Option(min=1, metavar="N", help="Most windows per model call.")] = 32,
+    max_batch: Annotated[int, typer.Option(min=1, metavar="N", help="Most windows per model call.")] = MAX_BATCH,
     workers: Annotated[
         int,
         typer.Option(

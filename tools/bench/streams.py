@@ -24,9 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from anger_stream.serve.command import MAX_BATCH
+
 ROOT = Path(__file__).resolve().parents[2]
 HOP_S = 0.6
 RATES = {"s16le": 16_000, "mulaw": 8_000}
+EDGE = 0.97
+"""The capacity search's next trial: this share of the streams the last trial's cost per stream says fit in a
+hop (a little headroom for the machine's noise; the trials that do not fit are measured and left out)."""
 
 
 # ---- measurements, each run in its own process (the code measured is whatever `anger_stream` imports) ----
@@ -218,7 +223,7 @@ def _capacity(runs: dict[str, callable], start: int, steps: int) -> dict[str, di
     for step in range(steps + 1):
         for name, run in runs.items():
             last = trials[name][-1] if step else None
-            trials[name].append(run(int(0.9 * HOP_S / (last["us_per_stream"] * 1e-6)) if last else start))
+            trials[name].append(run(int(EDGE * HOP_S / (last["us_per_stream"] * 1e-6)) if last else start))
     out = {}
     for name, ts in trials.items():
         fitting = [t for t in ts if t["cycle_median_s"] < HOP_S]
@@ -264,13 +269,13 @@ def run_report(args: argparse.Namespace, command: str) -> dict:
     results["bare"], results["capacity"] = {}, {}
     for model, path_m in models.items():
         results["bare"][model] = _child(
-            str(ROOT), {"bare": [talk, path_m, [1, 2, 4, 8, 16], 1.0 if args.quick else 3.0]}
+            str(ROOT), {"bare": [talk, path_m, [1, 2, 4, 8, 16, MAX_BATCH], 1.0 if args.quick else 3.0]}
         )
         print(f"bare {model}: {results['bare'][model]['streams']:.0f} streams", flush=True)
 
         def job(k: int, p: str, m: str = path_m) -> dict:
             spec = {"speech": talk, "model": m, "n": max(k, 16), "cycles": cycles, "encoding": "s16le"}
-            return _child(p, {"measure": {**spec, "max_batch": 4, "workers": 2}})
+            return _child(p, {"measure": {**spec, "max_batch": MAX_BATCH, "workers": 2}})
 
         runs = {name: (lambda k, p=path: job(k, p)) for name, path in codes.items()}
         for name, cap in _capacity(runs, 400 if model == "fp32" else 1000, 1 if args.quick else 3).items():
@@ -295,9 +300,10 @@ def markdown(r: dict) -> str:
         "was measured). The overhead rows use a model that costs nothing (what is left is the Python and numpy "
         "work of one 600 ms cycle: feeding a hop to every stream and a tick); 16 kHz float samples through "
         "`push`, or 8 kHz mu-law bytes through `run` as the servers feed it. Capacity: the most streams whose "
-        "cycle fits in 600 ms with `StreamSet(AngerModel(path, threads=1), max_batch=4, workers=2)`; the bare "
+        "cycle fits in 600 ms with `StreamSet(AngerModel(path, threads=1), max_batch=32, workers=2)` (serve's "
+        "batch); the bare "
         "model's throughput is measured in the same process right after each trial (two 1-thread sessions at "
-        "batch 4 and 16: the same share of the machine; the share of bare is against it), and on its own in the "
+        "batch 32 and 16: the same share of the machine; the share of bare is against it), and on its own in the "
         "run (best of batch 1-16, two 1-thread sessions or one 2-thread session). CPU time per stream and cycle "
         'is what a stream costs whatever else runs; "on 2 whole cores" is 1.2 CPU seconds per 600 ms cycle '
         "divided by it: what the code would sustain with both cores to itself (the measured capacity is a lower "
