@@ -28,6 +28,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -47,6 +48,7 @@ from anger_stream.config import DetectorConfig
 from anger_stream.detector import window_bounds
 from anger_stream.serve import audiosocket, mediastream
 from anger_stream.serve.hub import FINAL_STATES
+from tools import cpu_profile
 from tools.channels import mulaw_encode
 
 RATE = 8_000
@@ -133,6 +135,7 @@ class LoadTest:
         self.rss_mb: list[tuple[float, float]] = []  # (time, MB)
         self.rounds: list[dict] = []
         self.parent_cpu = 0.0  # CPU seconds of the server's own process (not its workers) while streaming
+        self.profile: dict[str, float] | None = None  # --profile: the server's CPU by library
         self.on_started: Callable[[dict[str, int]], None] | None = None  # given the ports, before the first call
 
     def new_calls(self) -> dict[str, Call]:
@@ -381,7 +384,10 @@ class LoadTest:
                 await asyncio.gather(*(self.connect(ports, c) for c in self.calls.values()))
                 reader = asyncio.create_task(self.read_events(proc))
                 hostile = hostile or self.hostile_tasks(ports)
+                profiling = asyncio.create_task(self.sample(proc.pid)) if self.args.profile and not r else None
                 await self.stream()
+                if profiling is not None:
+                    await profiling
                 try:
                     await asyncio.wait_for(reader, 30)
                 except TimeoutError:
@@ -401,6 +407,12 @@ class LoadTest:
             memory.cancel()
             await asyncio.gather(*hostile, return_exceptions=True)
         return self.summary(streamed, cpu, own, sigterm_s)
+
+    async def sample(self, pid: int) -> None:
+        """--profile: the server's CPU by library over the steady middle of the round (after the ramp)."""
+        seconds = min(self.args.duration - 4.0, 15.0)
+        await asyncio.sleep(self.args.ramp + 2.0)
+        self.profile = await cpu_profile.record(cpu_profile.process_tree(pid), seconds)
 
     def round_summary(self) -> dict:
         lat = np.array([x for c in self.calls.values() for x in c.latencies]) * 1000
@@ -453,6 +465,7 @@ class LoadTest:
             "client_cpu_percent": round(100 * client_cpu / streamed, 1),
             "server_cpu_ms_per_call_s": round(1000 * server_cpu / self.call_seconds(), 3),
             **({"bare_model": self.bare_model(1000 * server_cpu / self.call_seconds())} if self.args.bare else {}),
+            **({"server_profile": self.profile} if self.args.profile else {}),
             "load_average": os.getloadavg()[0],
             "server_rss_mb": {"start": self.rss_mb[0][1], "max": max(mb for _, mb in self.rss_mb)},
             "sigterm_s": sigterm_s,
@@ -573,6 +586,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stderr-flood", type=int, default=0, help="refused connections, stderr unread (hostile)")
     parser.add_argument("--client-cpu", type=int, metavar="CORE", help="pin the load test (not the server) to one core")
     parser.add_argument("--bare", action="store_true", help="also time the bare model on the same windows")
+    parser.add_argument("--profile", action="store_true", help="the server's CPU by library (perf, while streaming)")
     parser.add_argument("--metrics", action="store_true", help="the server serves --metrics on a loopback port")
     parser.add_argument("--dashboard", action="store_true", help="the server serves --dashboard on a loopback port")
     args = parser.parse_args(argv)
@@ -589,6 +603,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--flood and --dtmf need AudioSocket calls, --ping-flood and --pong-flood Media Streams calls")
     if args.protocol == "mixed" and not args.target.endswith(":0"):
         parser.error("--protocol mixed needs a --target with port 0 (each protocol gets its own port)")
+    if args.profile and (args.duration < 10 or not shutil.which("perf")):
+        parser.error("--profile needs perf (Debian: linux-perf) and --duration of at least 10 s")
     return args
 
 
@@ -596,7 +612,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     try:
         result = asyncio.run(LoadTest(args).run())
-    except (OSError, RuntimeError, sf.LibsndfileError) as exc:
+    except (OSError, RuntimeError, sf.LibsndfileError, cpu_profile.ProfileError) as exc:
         sys.exit(f"loadtest: {exc}")
     print(json.dumps(result))
 
