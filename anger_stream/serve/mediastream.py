@@ -94,15 +94,25 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
+class _NotJson(Exception):
+    """NaN, Infinity or -Infinity in a message: Python's parser takes them, JSON has no such values."""
+
+
+def _refuse(name: str) -> None:
+    raise _NotJson(name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse)
+"""One decoder for every message (json.loads with an option builds a new one per call: 2.2 us of 3.6)."""
+
+
 def json_value(message: str, error: type[MediaStreamError] = MediaStreamError) -> Any:
     """A message's JSON value; `error` for invalid JSON, NaN or Infinity, or nesting so deep that Python's
     parser (which recurses once per level) gives up."""
-
-    def refuse(name: str) -> None:
-        raise error(f"invalid JSON: {name} is not a JSON value")
-
     try:
-        return json.loads(message, parse_constant=refuse)
+        return _DECODER.decode(message)
+    except _NotJson as exc:
+        raise error(f"invalid JSON: {exc} is not a JSON value") from None
     except ValueError as exc:
         raise error(f"invalid JSON: {exc}") from None
     except RecursionError:
