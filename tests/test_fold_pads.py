@@ -3,8 +3,6 @@ change them."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -75,7 +73,7 @@ def test_pads_that_depend_on_the_input_length_are_refused() -> None:
         fold_pads.fold_model(_graph(parity, "pads"))
 
 
-def test_the_shipped_two_branch_model_has_no_pad_left(tmp_path: Path) -> None:
+def test_the_shipped_two_branch_model_has_no_pad_left() -> None:
     model = onnx.load(str(default_model_path("full")))
     assert not [node.name for node in model.graph.node if node.op_type == "Pad"]
     assert AngerModel("full").has_raised
