@@ -3,6 +3,8 @@ change them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,11 @@ def test_the_shipped_two_branch_model_has_no_pad_left() -> None:
     model = onnx.load(str(default_model_path("full")))
     assert not [node.name for node in model.graph.node if node.op_type == "Pad"]
     assert AngerModel("full").has_raised
+
+
+def test_a_file_that_is_not_a_model_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    with pytest.raises(SystemExit) as exit_:
+        fold_pads.main([str(bad)])
+    assert str(exit_.value).startswith(f"fold_pads: {bad}: ") and "\n" not in str(exit_.value)

@@ -61,7 +61,8 @@ async def record(pids: list[int], seconds: float) -> dict[str, float]:
         )  # fmt: skip
         _, err = await rec.communicate()
         if rec.returncode or not Path(data).is_file():
-            raise ProfileError(f"perf record failed: {err.decode(errors='replace').strip().splitlines()[-1:]}")
+            why = (err.decode(errors="replace").strip().splitlines() or [f"exit status {rec.returncode}"])[-1]
+            raise ProfileError(f"perf record failed: {why}")
         rep = await asyncio.create_subprocess_exec(
             perf, "report", "-i", data, "--sort", "dso", "--stdio",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,

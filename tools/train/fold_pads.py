@@ -16,11 +16,13 @@ models are quantized from the folded float32 graph instead.)
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import DecodeError
 from onnx import helper
 
 PROBE_LENGTHS = (16_000, 19_200, 19_201, 32_000)
@@ -118,10 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("model", type=Path, help="an ONNX model (float32)")
     ap.add_argument("--out", type=Path, help="where to write the folded model (default: in place)")
     args = ap.parse_args(argv)
-    model = onnx.load(str(args.model))
+    try:
+        model = onnx.load(str(args.model))
+        folded = fold(model)
+        onnx.save(folded, str(args.out or args.model))
+    except (OSError, ValueError, AssertionError, DecodeError, onnx.checker.ValidationError) as exc:
+        sys.exit(f"fold_pads: {args.model}: {str(exc).strip().splitlines()[0]}")
     pads = sum(n.op_type == "Pad" for n in model.graph.node)
-    folded = fold(model)
-    onnx.save(folded, str(args.out or args.model))
     left = sum(n.op_type == "Pad" for n in folded.graph.node)
     print(f"{args.model}: folded {pads - left} of {pads} Pad nodes into their convolutions -> {args.out or args.model}")
 
