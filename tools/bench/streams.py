@@ -304,7 +304,7 @@ def markdown(r: dict) -> str:
         "batch); the bare "
         "model's throughput is measured in the same process right after each trial (two 1-thread sessions at "
         "batch 32 and 16: the same share of the machine; the share of bare is against it), and on its own in the "
-        "run (best of batch 1-16, two 1-thread sessions or one 2-thread session). CPU time per stream and cycle "
+        "run (best of batch 1-32, two 1-thread sessions or one 2-thread session). CPU time per stream and cycle "
         'is what a stream costs whatever else runs; "on 2 whole cores" is 1.2 CPU seconds per 600 ms cycle '
         "divided by it: what the code would sustain with both cores to itself (the measured capacity is a lower "
         "bound on a shared machine).",
