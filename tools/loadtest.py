@@ -70,6 +70,13 @@ class Call:
     final: dict | None = None
     protocol: str = "audiosocket"
 
+    def window_line(self, t_end: float, now: float, samples: int) -> float:
+        """Count one of the call's window lines, received at `now`; its latency: from the sending of the frame
+        that holds the window's last 8 kHz input sample (`samples`: the call's length in them) to `now`."""
+        self.windows += 1
+        last = min(round(t_end * RATE) - 1, samples - 1)
+        return now - self.sent_at[last // FRAME]
+
 
 def pcm16(x: np.ndarray) -> np.ndarray:
     """Float samples in [-1, 1] as the int16 samples a call carries (clipped)."""
@@ -184,9 +191,7 @@ class LoadTest:
             if call is None:
                 continue
             if msg["type"] == "window":
-                call.windows += 1
-                last = min(round(msg["t_end"] * RATE) - 1, len(self.samples) - 1)  # last 8 kHz input sample
-                call.latencies.append(now - call.sent_at[last // FRAME])
+                call.latencies.append(call.window_line(msg["t_end"], now, len(self.samples)))
             elif msg["type"] == "status" and msg["state"] in FINAL_STATES:
                 call.final = msg
                 ended += 1

@@ -29,7 +29,7 @@ import soundfile as sf
 
 from anger_stream.serve.hub import FINAL_STATES
 from tools import loadtest
-from tools.loadtest import FRAME, FRAME_S, RATE, Call, LoadTest, _cpu_seconds, _rss_mb
+from tools.loadtest import FRAME_S, Call, LoadTest, _cpu_seconds, _rss_mb
 
 WARM_UP_MIN = 5.0
 
@@ -141,9 +141,7 @@ class Soak:
             if call is None:
                 continue
             if msg["type"] == "window":
-                call.windows += 1
-                last = min(round(msg["t_end"] * RATE) - 1, samples - 1)  # the last 8 kHz sample in the window
-                self.minute["latencies"].append(now - call.sent_at[last // FRAME])
+                self.minute["latencies"].append(call.window_line(msg["t_end"], now, samples))
             elif msg["type"] == "status" and msg["state"] in FINAL_STATES:
                 call.final = msg
                 self.settle(call)
