@@ -537,35 +537,38 @@ class LoadTest:
         return max(sum(s <= t < s + self.n_frames for s in starts) for t in starts)
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name; [] once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def _cpu_seconds(pid: int) -> float:
     """CPU seconds of a process and its children (serve --workers), running or ended; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return 0.0
-    own = sum(int(f) for f in fields[11:15])  # utime, stime, and those of waited-for children
-    return own / os.sysconf("SC_CLK_TCK") + sum(_cpu_seconds(int(c)) for c in children)
+    # utime, stime, and those of waited-for children, of each process
+    ticks = sum(int(f) for p in cpu_profile.process_tree(pid) for f in _stat(p)[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _own_cpu_seconds(pid: int) -> float:
     """CPU seconds of one process alone (utime and stime); 0 once it is gone."""
+    return sum(int(f) for f in _stat(pid)[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_rss_kb(pid: int) -> int:
+    """Resident memory of one process in kB; 0 once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
 def _rss_mb(pid: int) -> float:
     """Resident memory of a process and its children (serve --workers), in MB; 0 once it is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return 0.0
-    kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-    return round(kb / 1024 + sum(_rss_mb(int(c)) for c in children), 1)
+    return round(sum(_own_rss_kb(p) for p in cpu_profile.process_tree(pid)) / 1024, 1)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

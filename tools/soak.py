@@ -28,19 +28,22 @@ import numpy as np
 import soundfile as sf
 
 from anger_stream.serve.hub import FINAL_STATES
-from tools import loadtest
+from tools import cpu_profile, loadtest
 from tools.loadtest import FRAME_S, Call, LoadTest, _cpu_seconds, _rss_mb
 
 WARM_UP_MIN = 5.0
 
 
-def open_fds(pid: int) -> int:
-    """File descriptors open in a process and its children (serve --workers); 0 once it is gone."""
+def _own_fds(pid: int) -> int:
     try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return len(os.listdir(f"/proc/{pid}/fd")) + sum(open_fds(int(c)) for c in children)
+        return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return 0
+
+
+def open_fds(pid: int) -> int:
+    """File descriptors open in a process and its children (serve --workers); 0 once it is gone."""
+    return sum(_own_fds(p) for p in cpu_profile.process_tree(pid))
 
 
 class Soak:
