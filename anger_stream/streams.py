@@ -355,7 +355,10 @@ class StreamSet:
         return batch
 
     def warm_up(self, rates: tuple[int, ...] = (8_000,)) -> None:
-        """Run the model and a resampler per rate once: first runs are slow (allocation, lazy imports)."""
+        """Run the model on a full batch in every scoring thread at once, and a resampler per rate: first runs
+        are slow (allocation, lazy imports), and the memory of the busiest tick is taken now, not during a call."""
+        full = np.zeros((self.workers * self.max_batch, self.config.window), dtype=np.float32)
+        self._parallel(lambda lo, hi: self.model.score(full[lo:hi]), len(full), self.max_batch)
         probe = StreamSet(self.model, self.config, self.max_batch, workers=1)
         for rate in rates:
             probe.add(rate, rate)

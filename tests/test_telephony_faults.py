@@ -155,7 +155,7 @@ def test_file_descriptors_and_memory_return_to_baseline(speech: np.ndarray) -> N
     srv = ServeProcess("--read-timeout", "1", protocols=("audiosocket", "mediastream"))
     try:
         pid = srv.proc.pid
-        for _ in range(3):  # warm up: model arenas (the default model's are large), buffers, thread pools
+        for _ in range(3):  # warm up: buffers, thread pools, the allocator
             _round(srv, speech, 24)
         time.sleep(0.5)
         fds, rss = _fds(pid), rss_kb(pid)
