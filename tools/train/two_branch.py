@@ -294,9 +294,7 @@ def build(args: argparse.Namespace) -> dict:
         "raised_thresholds": thresholds(np.zeros(len(raised), dtype=int), raised),
         "selected": {k: best[k] for k in ("val_score", "dev_score", "objective")},
         "sweep": rows,
-        "test": {
-            name: auroc_by_corpus(feats[name], fusion.z(feats[name], head)) for name in ("test", "test_ch")
-        },
+        "test": {name: auroc_by_corpus(feats[name], fusion.z(feats[name], head)) for name in ("test", "test_ch")},
     }
     metadata = {
         "sample_rate": "16000", "window_s": "1.2", "hop_s": "0.6", "min_audio_s": "1.0",
