@@ -4,8 +4,13 @@ resample_poly filters the zero-stuffed input with a Kaiser-windowed FIR (scipy's
 `down`-th sample. Output sample i depends only on a finite stretch of input, so it can be produced as soon
 as that stretch has arrived; at the end of a stream the zeros that resample_poly assumes past the end are
 supplied. Streams at the same rate keep their input in rows of one `Rows` buffer and are filtered together,
-one 2-D `upfirdn` per block of rows; each stream's concatenated output equals resample_poly of its whole
+one 2-D filtering per block of rows; each stream's concatenated output equals resample_poly of its whole
 signal up to float rounding, whatever its chunks.
+
+Upsampling by a whole factor (8 kHz telephone audio to 16 kHz) filters each polyphase branch on its own
+(scipy.ndimage.correlate1d), without the taps that are zero: resample_poly's filter for a factor of 2 is
+half-band, so one branch is a single tap and the other is symmetric (which correlate1d folds). That is about
+twice as fast as `upfirdn`, which other ratios use.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from . import audio
 from .buffers import Rows
 
 BLOCK_ROWS = 32
-"""Streams filtered per upfirdn call (sorted by how much input each has, so that little of a block is padding)."""
+"""Streams filtered together (sorted by how much input each has, so that little of a block is padding)."""
+NEGLIGIBLE = 1e-9
+"""A polyphase branch's taps below this share of the filter's largest are left out: far below float32's
+resolution (the zero taps of a half-band filter come out of its design as about 1e-17)."""
 
 
 @cache
@@ -34,6 +42,37 @@ def _design(up: int, down: int) -> tuple[np.ndarray, int]:
     return np.concatenate([np.zeros(pre_pad), h]), (half_len + pre_pad) // down
 
 
+@cache
+def _branches(up: int, down: int) -> tuple[tuple[int, np.ndarray], ...]:
+    """For up/down = up/1: each polyphase branch p of the filter h (h[p], h[p + up], ...) without its negligible
+    taps, as (index of its first tap kept, the taps kept, reversed for correlation)."""
+    h = _design(up, down)[0]
+    floor = NEGLIGIBLE * np.abs(h).max()
+    out = []
+    for p in range(up):
+        taps = np.flatnonzero(np.abs(h[p::up]) > floor)
+        first = int(taps[0])
+        out.append((first, h[p::up][first : taps[-1] + 1][::-1].copy()))
+    return tuple(out)
+
+
+def _upsample(branches: tuple[tuple[int, np.ndarray], ...], length: int, x: np.ndarray) -> np.ndarray:
+    """upfirdn(h, x, up, 1, axis=1) for 2-D float32 x, branch by branch: output r*up + p is the sum over the
+    kept taps hp[k] of branch p of hp[k] * x[r - k]."""
+    from scipy.ndimage import correlate1d  # imported when needed, as upfirdn: it costs a noticeable part of start-up
+
+    up = len(branches)
+    rows, n = x.shape
+    y = np.empty((rows, (n - 1) * up + length), dtype=np.float32)
+    for p, (first, w) in enumerate(branches):
+        count = -(-(y.shape[1] - p) // up)
+        last = first + len(w) - 1  # x[r - last] .. x[r - first]: a left-aligned correlation of x delayed by last
+        padded = np.zeros((rows, max(count, last + n)), dtype=np.float32)
+        padded[:, last : last + n] = x
+        y[:, p::up] = correlate1d(padded, w, axis=1, mode="constant", origin=-(len(w) // 2))[:, :count]
+    return y
+
+
 class Resampler:
     """Resample many streams from rate_in to rate_out; the caller keeps each stream's input in a row of `rows`
     and its count of outputs produced."""
@@ -42,6 +81,7 @@ class Resampler:
         g = gcd(int(rate_in), int(rate_out))
         self.up, self.down = int(rate_out) // g, int(rate_in) // g
         self._h, self._skip = _design(self.up, self.down)
+        self._branches = _branches(self.up, self.down) if self.down == 1 else None
 
     def last_input(self, i: np.ndarray | int) -> np.ndarray | int:
         """Highest input index that output i depends on."""
@@ -69,8 +109,6 @@ class Resampler:
         have = np.minimum(hi, rows.end[which])
         out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(which)
         order = np.argsort(hi - lo, kind="stable")
-        from scipy.signal import upfirdn
-
         for b in range(0, len(order), BLOCK_ROWS):
             part = order[b : b + BLOCK_ROWS]
             block = np.zeros((len(part), int((hi - lo)[part].max())), dtype=np.float32)
@@ -78,8 +116,16 @@ class Resampler:
                 block[j, : have[k] - lo[k]] = rows.read(int(which[k]), int(lo[k]), int(have[k]))
             if not np.isfinite(block).all():
                 block = audio.sane(block)
-            y = upfirdn(self._h, block, self.up, self.down, axis=1)
+            y = self._filter(block)
             for j, k in enumerate(part.tolist()):
                 offset = int(done[k] + self._skip - lo[k] * self.up // self.down)
                 out[k] = y[j, offset : offset + int(stop[k] - done[k])].astype(np.float32)
         return out
+
+    def _filter(self, block: np.ndarray) -> np.ndarray:
+        """upfirdn(h, block, up, down, axis=1), each row a stream's input."""
+        if self._branches is not None:
+            return _upsample(self._branches, len(self._h), block)
+        from scipy.signal import upfirdn  # imported when needed: it costs a noticeable part of start-up
+
+        return upfirdn(self._h, block, self.up, self.down, axis=1)

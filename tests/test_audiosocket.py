@@ -10,7 +10,7 @@ from scipy.signal import resample_poly
 
 from anger_stream import codec
 from anger_stream.buffers import Rows
-from anger_stream.resampler import Resampler
+from anger_stream.resampler import Resampler, _branches
 from anger_stream.serve import audiosocket as a
 
 CALL = "40325ec2-5efd-4bd3-805f-53576e581d13"
@@ -37,8 +37,12 @@ def _resample_streams(rate: int, signals: list[np.ndarray], chunks: list[int]) -
     return [np.concatenate(o) for o in out]
 
 
-@pytest.mark.parametrize(("rate", "up", "down"), [(8000, 2, 1), (44100, 160, 441), (48000, 1, 3)])
+@pytest.mark.parametrize(
+    ("rate", "up", "down"), [(8000, 2, 1), (4000, 4, 1), (12000, 4, 3), (44100, 160, 441), (48000, 1, 3)]
+)
 def test_streams_resampled_together_equal_resample_poly(rate: int, up: int, down: int) -> None:
+    """Whole-factor upsampling (branch by branch, without the half-band filter's zero taps) and the other ratios
+    (upfirdn) alike."""
     rng = np.random.default_rng(0)
     chunks = [1, 160, 320, 4096, 333]
     signals = [(rng.standard_normal(rate // 8 if c == 1 else rate * 2) * 0.3).astype(np.float32) for c in chunks]
@@ -46,6 +50,11 @@ def test_streams_resampled_together_equal_resample_poly(rate: int, up: int, down
         want = resample_poly(x.astype(np.float64), up, down)
         assert y.shape == want.shape
         np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
+
+
+def test_telephone_upsampling_skips_the_half_band_filters_zero_taps() -> None:
+    """8 kHz to 16 kHz: one polyphase branch is a single tap, the other keeps the 20 that are not zero."""
+    assert [len(taps) for _, taps in _branches(2, 1)] == [20, 1]
 
 
 @pytest.mark.parametrize("rate", [8000, 12000, 44100, 48000])
