@@ -43,10 +43,10 @@ def _design(up: int, down: int) -> tuple[np.ndarray, int]:
 
 
 @cache
-def _branches(up: int, down: int) -> tuple[tuple[int, np.ndarray], ...]:
-    """For up/down = up/1: each polyphase branch p of the filter h (h[p], h[p + up], ...) without its negligible
-    taps, as (index of its first tap kept, the taps kept, reversed for correlation)."""
-    h = _design(up, down)[0]
+def _branches(up: int) -> tuple[tuple[int, np.ndarray], ...]:
+    """The polyphase branches of the filter h for upsampling by `up`: for each p, h[p], h[p + up], ... without
+    its negligible taps, as (index of its first tap kept, the taps kept, reversed for correlation)."""
+    h = _design(up, 1)[0]
     floor = NEGLIGIBLE * np.abs(h).max()
     out = []
     for p in range(up):
@@ -81,7 +81,7 @@ class Resampler:
         g = gcd(int(rate_in), int(rate_out))
         self.up, self.down = int(rate_out) // g, int(rate_in) // g
         self._h, self._skip = _design(self.up, self.down)
-        self._branches = _branches(self.up, self.down) if self.down == 1 else None
+        self._branches = _branches(self.up) if self.down == 1 else None
 
     def last_input(self, i: np.ndarray | int) -> np.ndarray | int:
         """Highest input index that output i depends on."""

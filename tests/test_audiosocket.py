@@ -54,7 +54,7 @@ def test_streams_resampled_together_equal_resample_poly(rate: int, up: int, down
 
 def test_telephone_upsampling_skips_the_half_band_filters_zero_taps() -> None:
     """8 kHz to 16 kHz: one polyphase branch is a single tap, the other keeps the 20 that are not zero."""
-    assert [len(taps) for _, taps in _branches(2, 1)] == [20, 1]
+    assert [len(taps) for _, taps in _branches(2)] == [20, 1]
 
 
 @pytest.mark.parametrize("rate", [8000, 12000, 44100, 48000])
