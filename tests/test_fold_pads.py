@@ -56,6 +56,37 @@ def test_a_zero_pad_becomes_the_convolutions_own_and_the_outputs_stay_the_same()
     fold_pads.fold(model)  # the checked version agrees
 
 
+def _qdq_graph() -> onnx.ModelProto:
+    """As `_graph`, int8 QDQ style: audio -> Q -> DQ -> Pad -> Q -> DQ (a scale of its own) -> Conv."""
+    model = _graph(_constant_pads([0, 0, 0, 2, 0, 0, 0, 1]), "pads")
+    g = model.graph
+    g.initializer.extend(
+        numpy_helper.from_array(np.array(v, dtype), name)
+        for name, v, dtype in (("s1", 0.05, np.float32), ("z1", 128, np.uint8), ("s2", 0.07, np.float32),
+                               ("z2", 120, np.uint8))
+    )  # fmt: skip
+    pad = next(n for n in g.node if n.op_type == "Pad")
+    conv = next(n for n in g.node if n.op_type == "Conv")
+    at = list(g.node).index(pad)
+    g.node.insert(at, helper.make_node("QuantizeLinear", ["x4", "s1", "z1"], ["q1"]))
+    g.node.insert(at + 1, helper.make_node("DequantizeLinear", ["q1", "s1", "z1"], ["d1"]))
+    pad.input[0] = "d1"
+    at = list(g.node).index(conv)
+    g.node.insert(at, helper.make_node("QuantizeLinear", ["padded", "s2", "z2"], ["q2"]))
+    g.node.insert(at + 1, helper.make_node("DequantizeLinear", ["q2", "s2", "z2"], ["d2"]))
+    conv.input[0] = "d2"
+    return model
+
+
+def test_in_an_int8_graph_the_pad_before_a_quantize_dequantize_pair_is_folded_too() -> None:
+    model = _qdq_graph()
+    folded, n = fold_pads.fold_model(model)
+    assert n == 1 and "Pad" not in [node.op_type for node in folded.graph.node]
+    assert [node.op_type for node in folded.graph.node].count("QuantizeLinear") == 2  # the pair stays
+    x = np.random.default_rng(0).normal(size=(3, 101)).astype(np.float32)
+    np.testing.assert_array_equal(_run(folded, x), _run(model, x))
+
+
 def test_pads_that_a_convolution_cannot_take_are_left_alone() -> None:
     for model in (_graph(_constant_pads([0, 0, 0, -2, 0, 0, 0, 1]), "pads"),  # a crop
                   _graph(_constant_pads([0, 0, 0, 1, 0, 0, 0, 1]), "pads", mode="reflect")):  # fmt: skip

@@ -8,9 +8,10 @@ runs each Pad as a copy of the activations: about a fifth of the two-branch mode
 Conv takes begin and end pads of its own, so each such Pad is removed and its spatial pads are added to the
 Conv's. The pads are computed by the graph (from constants); they are read once by running it on probes of
 several lengths, which must agree (pads that depended on the input could not be folded). A float32 graph
-gives the same outputs, bit for bit; `fold` checks them on random windows. (In a QDQ int8 graph the Pad sits
-between a DequantizeLinear and a QuantizeLinear; removing it changes how onnxruntime requantizes, so int8
-models are quantized from the folded float32 graph instead.)
+gives the same outputs, bit for bit; `fold` checks them on random windows. In a QDQ int8 graph the Pad
+feeds its convolution through a QuantizeLinear and a DequantizeLinear (DQ -> Pad -> Q -> DQ -> Conv): the pair
+stays, fed by the Pad's input, and the convolution pads instead; its padding is the zero that the pair made of
+the Pad's zeros (a quantized convolution pads with the zero point), so the outputs are the same there too.
 """
 
 from __future__ import annotations
@@ -59,17 +60,32 @@ def pad_values(model: onnx.ModelProto) -> dict[str, list[int]]:
     return found or {}
 
 
-def _foldable(pad: onnx.NodeProto, consumers: list[onnx.NodeProto], pads: list[int]) -> bool:
-    """A zero constant Pad of a convolution's spatial axes only, feeding that convolution alone."""
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+"""What may stand between a Pad and its convolution in an int8 (QDQ) graph."""
+
+
+def _conv_fed(pad: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]]) -> onnx.NodeProto | None:
+    """The convolution a Pad feeds alone, as the data input: directly, or through a QuantizeLinear and its
+    DequantizeLinear, each feeding only the next."""
+    node, between = pad, 0
+    while len(users := consumers.get(node.output[0], [])) == 1 and users[0].input[0] == node.output[0]:
+        node = users[0]
+        if node.op_type == "Conv":
+            return node
+        if between == len(QDQ) or node.op_type != QDQ[between]:
+            return None
+        between += 1
+    return None
+
+
+def _foldable(pad: onnx.NodeProto, pads: list[int]) -> bool:
+    """A zero constant Pad of a convolution's spatial axes only."""
     attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
     rank = len(pads) // 2
     return (
         attrs.get("mode", b"constant") == b"constant"
         and (len(pad.input) < 3 or not pad.input[2])  # no constant value: zeros
         and len(pad.input) < 4
-        and len(consumers) == 1
-        and consumers[0].op_type == "Conv"
-        and consumers[0].input[0] == pad.output[0]
         and min(pads) >= 0
         and pads[0] == pads[1] == pads[rank] == pads[rank + 1] == 0
     )
@@ -86,17 +102,17 @@ def fold_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             consumers.setdefault(name, []).append(node)
     folded = []
     for pad in [n for n in out.graph.node if n.op_type == "Pad"]:
-        pads = values[pad.input[1]]
-        if not _foldable(pad, consumers.get(pad.output[0], []), pads):
+        pads, conv = values[pad.input[1]], _conv_fed(pad, consumers)
+        if conv is None or not _foldable(pad, pads):
             continue
-        conv, rank = consumers[pad.output[0]][0], len(pads) // 2
+        rank = len(pads) // 2
         spatial = pads[2:rank] + pads[rank + 2 :]  # begins, then ends: Conv's own order
         old = next((a for a in conv.attribute if a.name == "pads"), None)
         before = list(old.ints) if old is not None else [0] * len(spatial)
         if old is not None:
             conv.attribute.remove(old)
         conv.attribute.append(helper.make_attribute("pads", [a + b for a, b in zip(before, spatial, strict=True)]))
-        conv.input[0] = pad.input[0]
+        consumers[pad.output[0]][0].input[0] = pad.input[0]  # the convolution, or the QuantizeLinear before it
         folded.append(pad)
     for pad in folded:
         out.graph.node.remove(pad)
@@ -117,7 +133,7 @@ def fold(model: onnx.ModelProto, atol: float = 1e-6) -> onnx.ModelProto:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tools.train.fold_pads", description=__doc__.splitlines()[0])
-    ap.add_argument("model", type=Path, help="an ONNX model (float32)")
+    ap.add_argument("model", type=Path, help="an ONNX model (float32, or int8 QDQ)")
     ap.add_argument("--out", type=Path, help="where to write the folded model (default: in place)")
     args = ap.parse_args(argv)
     try:
