@@ -85,6 +85,7 @@ def test_in_an_int8_graph_the_pad_before_a_quantize_dequantize_pair_is_folded_to
     assert [node.op_type for node in folded.graph.node].count("QuantizeLinear") == 2  # the pair stays
     x = np.random.default_rng(0).normal(size=(3, 101)).astype(np.float32)
     np.testing.assert_array_equal(_run(folded, x), _run(model, x))
+    fold_pads.fold(model)  # the checked version (the command line's) agrees
 
 
 def test_pads_that_a_convolution_cannot_take_are_left_alone() -> None:
