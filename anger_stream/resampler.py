@@ -119,7 +119,7 @@ class Resampler:
             y = self._filter(block)
             for j, k in enumerate(part.tolist()):
                 offset = int(done[k] + self._skip - lo[k] * self.up // self.down)
-                out[k] = y[j, offset : offset + int(stop[k] - done[k])].astype(np.float32)
+                out[k] = y[j, offset : offset + int(stop[k] - done[k])].astype(np.float32, copy=False)
         return out
 
     def _filter(self, block: np.ndarray) -> np.ndarray:
