@@ -9,8 +9,8 @@ signal up to float rounding, whatever its chunks.
 
 Upsampling by a whole factor (8 kHz telephone audio to 16 kHz) filters each polyphase branch on its own
 (scipy.ndimage.correlate1d), without the taps that are zero: resample_poly's filter for a factor of 2 is
-half-band, so one branch is a single tap and the other is symmetric (which correlate1d folds). That is about
-twice as fast as `upfirdn`, which other ratios use.
+half-band, so one branch is a single tap and the other is symmetric (which correlate1d folds): a quarter of
+`upfirdn`'s multiplications. Other ratios use `upfirdn`.
 """
 
 from __future__ import annotations
