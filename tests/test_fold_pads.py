@@ -86,6 +86,9 @@ def test_in_an_int8_graph_the_pad_before_a_quantize_dequantize_pair_is_folded_to
     x = np.random.default_rng(0).normal(size=(3, 101)).astype(np.float32)
     np.testing.assert_array_equal(_run(folded, x), _run(model, x))
     fold_pads.fold(model)  # the checked version (the command line's) agrees
+    other = _qdq_graph()
+    next(node for node in other.graph.node if node.input[:1] == ["q2"]).input[2] = "z1"  # dequantized off zero
+    assert fold_pads.fold_model(other)[1] == 0
 
 
 def test_pads_that_a_convolution_cannot_take_are_left_alone() -> None:

@@ -67,16 +67,17 @@ QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 def _conv_fed(pad: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]]) -> onnx.NodeProto | None:
-    """The convolution a Pad feeds alone, as the data input: directly, or through a QuantizeLinear and its
-    DequantizeLinear, each feeding only the next."""
+    """The convolution a Pad feeds alone, as the data input: directly, or through a QuantizeLinear and a
+    DequantizeLinear with the same scale and zero point (which turn the Pad's zeros into zeros), each feeding
+    only the next."""
     node, between = pad, 0
     while len(users := consumers.get(node.output[0], [])) == 1 and users[0].input[0] == node.output[0]:
-        node = users[0]
-        if node.op_type == "Conv":
-            return node
-        if between == len(QDQ) or node.op_type != QDQ[between]:
+        user = users[0]
+        if user.op_type == "Conv":
+            return user
+        if between == len(QDQ) or user.op_type != QDQ[between] or (between and user.input[1:] != node.input[1:]):
             return None
-        between += 1
+        node, between = user, between + 1
     return None
 
 
