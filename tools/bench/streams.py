@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from anger_stream.serve.command import MAX_BATCH
-
 ROOT = Path(__file__).resolve().parents[2]
 HOP_S = 0.6
 RATES = {"s16le": 16_000, "mulaw": 8_000}
@@ -240,6 +238,9 @@ def export(rev: str, into: Path) -> Path:
 
 
 def run_report(args: argparse.Namespace, command: str) -> dict:
+    # here, not at the top: the measuring processes import this module with an older anger_stream first
+    from anger_stream.serve.command import MAX_BATCH
+
     codes = {"new": str(ROOT)}
     tmp = tempfile.TemporaryDirectory()
     if args.against:
